@@ -1,0 +1,118 @@
+"""Default configuration: the hyperparameters of Chen et al. (ClinicalNLP 2020) on Chia.
+
+Every variant (``minilm_m2.py``, ``biobert_m2.py``, ...) imports this file and overrides only
+what differs. The returned config is locked, so a mistyped ``--config.x=y`` fails.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+# The 15 main entity types of Chia; annotator flags (Non-query-able, Parsing_Error, ...) are
+# left out and counted by the data report.
+CHIA_ENTITY_TYPES = (
+    "Condition",
+    "Drug",
+    "Procedure",
+    "Measurement",
+    "Observation",
+    "Person",
+    "Device",
+    "Value",
+    "Temporal",
+    "Qualifier",
+    "Negation",
+    "Multiplier",
+    "Reference_point",
+    "Mood",
+    "Visit",
+)
+
+# Directed binary relations read from BRAT `R` lines. The noise relations of Chia (multi,
+# causal, v-AND, NOT and the rare R-line OR) are left out and counted.
+CHIA_RELATION_TYPES = (
+    "Has_value",
+    "Has_temporal",
+    "Has_qualifier",
+    "Has_negation",
+    "Has_multiplier",
+    "Has_index",
+    "Has_mood",
+    "Has_context",
+    "Subsumes",
+    "AND",
+)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the locked default config (paper hyperparameters, Chia schema)."""
+    config = ml_collections.ConfigDict()
+
+    # Seed of parameter initialisation, dropout and data shuffling.
+    config.seed = 0
+    # Training epochs over the training split (paper: 20).
+    config.num_epochs = 20
+
+    # ---------------------------------------------------------------- data
+    config.data = ml_collections.ConfigDict()
+    # Corpus folder laid out like ../shared/data/chia: `brat/` (NAME.txt + NAME.ann) and
+    # `splits/{train,dev,test}.txt` (document-id prefixes, one a line).
+    config.data.dir = ""
+    # Split names, each read from `splits/<name>.txt`.
+    config.data.train_split = "train"
+    config.data.eval_split = "dev"
+    config.data.test_split = "test"
+    # Use at most this many training examples (0 = all); for quick experiments.
+    config.data.max_train_examples = 0
+    # Maximum wordpieces per example, [CLS] and [SEP] included (paper: 128). Longer criteria
+    # are split into windows that cut no entity, never truncated.
+    config.data.max_length = 128
+    # True: annotation errors (text mismatch, bad offsets, unknown ids, malformed lines,
+    # non-UTF-8 files) are skipped and counted in the report; False: they raise an error
+    # naming the file and line.
+    config.data.lenient = True
+    # Entity types kept as NER labels (BIO tags are built from these, in this order).
+    config.data.entity_types = CHIA_ENTITY_TYPES
+    # Relation types kept from `R` lines.
+    config.data.relation_types = CHIA_RELATION_TYPES
+    # BRAT `*` (n-ary equivalence) group types turned into binary relations of the same name.
+    config.data.group_relations = ("OR",)
+    # How a group of n members becomes relations: "chain" = directed pairs between consecutive
+    # members in text order (n - 1 relations); "all_pairs" = every ordered pair i < j in text
+    # order (n (n - 1) / 2 relations).
+    config.data.group_expansion = "chain"
+    # Renamings applied before filtering, as "raw_name:kept_name" strings, e.g.
+    # ("Multipler:Multiplier",). Applies to entity types.
+    config.data.entity_aliases = ()
+    # Same for relation and group types.
+    config.data.relation_aliases = ()
+    # Wordpiece of an entity where its relations live: "first" or "last".
+    config.data.anchor = "first"
+    # Which of overlapping/nested entities BIO keeps: "most_relations" (maximum total weight,
+    # weight = 1 + number of relations of the entity), "longest" or "shortest" (greedy).
+    config.data.overlap_policy = "most_relations"
+    # Padded lengths of the length buckets (ascending, last = max_length). Each bucket is one
+    # static shape, hence one compilation of the train step.
+    config.data.bucket_boundaries = (8, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
+    # Global training batch size in examples (paper: 32); split evenly across processes.
+    config.data.batch_size = 32
+    # Global evaluation batch size in examples.
+    config.data.eval_batch_size = 32
+
+    # --------------------------------------------------------------- model
+    config.model = ml_collections.ConfigDict()
+    # Pre-trained BERT: a hub id (bert-base-uncased, dmis-lab/biobert-base-cased-v1.2) or a
+    # local directory with config.json, weights and tokenizer files.
+    config.model.encoder = "bert-base-uncased"
+    # Lowercase before wordpiece tokenisation. Unset: as the tokenizer files say. Set it for
+    # checkpoints whose files say nothing (BioBERT is cased but ships no tokenizer config).
+    config.model.lowercase = config_dict.placeholder(bool)
+    # Size of the NER label embedding concatenated with the encoder output (paper: 16).
+    config.model.ner_label_embedding_dim = 16
+
+    # ---------------------------------------------------------- optimiser
+    config.optim = ml_collections.ConfigDict()
+    # Peak learning rate of AdamW (paper: 2e-5).
+    config.optim.learning_rate = 2e-5
+
+    config.lock()
+    return config

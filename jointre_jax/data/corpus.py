@@ -1,0 +1,144 @@
+"""Corpus folders and splits: from ``config.data`` to the examples of a split.
+
+A corpus folder is laid out like ``../shared/data/chia``: ``brat/`` holds ``NAME.txt`` and
+``NAME.ann`` pairs; ``splits/<split>.txt`` lists document-id prefixes, one a line (a Chia
+trial id ``NCT00050349`` selects ``NCT00050349_inc`` and ``NCT00050349_exc``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+
+from tqdm.auto import tqdm
+
+from jointre_jax.data.accounting import Accounting
+from jointre_jax.data.brat import BratFormatError, read_document, read_text
+from jointre_jax.data.encode import Encoder, Example
+from jointre_jax.data.schema import Schema
+from jointre_jax.data.tokenization import load_tokenizer
+
+
+@dataclasses.dataclass
+class SplitData:
+    """The examples of one split and the accounting of everything read for them."""
+
+    name: str
+    examples: list[Example]
+    accounting: Accounting
+    schema: Schema
+
+
+def read_split_ids(split_file: str | pathlib.Path) -> list[str]:
+    """Document-id prefixes of a split file (blank lines and ``#`` comments ignored)."""
+    split_file = pathlib.Path(split_file)
+    if not split_file.exists():
+        raise BratFormatError(split_file, None, "split file is missing")
+    ids, seen = [], {}
+    for number, line in enumerate(read_text(split_file).splitlines(), start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if entry in seen:
+            raise BratFormatError(
+                split_file, number, f"{entry} listed twice (first: line {seen[entry]})"
+            )
+        seen[entry] = number
+        ids.append(entry)
+    return ids
+
+
+def find_documents(brat_dir: str | pathlib.Path, ids=None, split_file=None) -> list[pathlib.Path]:
+    """The ``.txt`` files of ``brat_dir``, sorted; only those of ``ids`` when given.
+
+    A document belongs to id X when its stem is X or starts with ``X_``. An id that matches no
+    document is an error naming the split file and line.
+    """
+    brat_dir = pathlib.Path(brat_dir)
+    if not brat_dir.is_dir():
+        raise BratFormatError(brat_dir, None, "BRAT folder not found")
+    paths = sorted(brat_dir.glob("*.txt"))
+    if ids is None:
+        return paths
+    by_prefix: dict[str, list[pathlib.Path]] = {}
+    for path in paths:
+        by_prefix.setdefault(path.stem, []).append(path)
+        if "_" in path.stem:
+            by_prefix.setdefault(path.stem.split("_", 1)[0], []).append(path)
+    selected = []
+    for position, doc_id in enumerate(ids, start=1):
+        if doc_id not in by_prefix:
+            raise BratFormatError(
+                split_file or brat_dir,
+                position if split_file else None,
+                f"no document {doc_id}*.txt in {brat_dir}",
+            )
+        selected.extend(by_prefix[doc_id])
+    return sorted(dict.fromkeys(selected))
+
+
+def make_encoder(config) -> Encoder:
+    """The Encoder that ``config`` describes (schema, tokenizer, length, policies)."""
+    lowercase = config.model.get("lowercase")
+    tokenizer = load_tokenizer(str(config.model.encoder), lowercase)
+    return Encoder(
+        Schema.from_config(config.data),
+        tokenizer,
+        max_length=int(config.data.max_length),
+        anchor=str(config.data.anchor),
+        overlap_policy=str(config.data.overlap_policy),
+        lenient=bool(config.data.lenient),
+    )
+
+
+def encode_files(
+    txt_paths, encoder: Encoder, name: str = "", progress: bool = True
+) -> tuple[list[Example], Accounting]:
+    """Reads and encodes BRAT documents; returns their examples and the merged accounting.
+
+    A document that cannot be read at all (missing ``.ann``, ``.ann`` not UTF-8) raises, or in
+    lenient mode is counted in ``skipped`` as "unreadable_document" with its message kept.
+    """
+    examples: list[Example] = []
+    total = Accounting()
+    for path in tqdm(txt_paths, desc=f"reading {name}".strip(), disable=not progress, leave=False):
+        acc = Accounting()
+        try:
+            doc = read_document(path, lenient=encoder.lenient)
+        except BratFormatError as err:
+            if not encoder.lenient:
+                raise
+            acc.skipped["unreadable_document"] += 1
+            acc.messages.append(str(err))
+            logging.warning("skipped %s", err)
+        else:
+            examples.extend(encoder.encode_document(doc, acc))
+        total.merge(acc)
+    total.check()
+    return examples, total
+
+
+def load_split(
+    config, split: str, encoder: Encoder | None = None, progress: bool = True
+) -> SplitData:
+    """Examples of ``split`` (e.g. "train") of the corpus at ``config.data.dir``.
+
+    ``config.data.max_train_examples`` (> 0) keeps only the first examples of the train split;
+    the accounting still describes every document read.
+    """
+    encoder = encoder or make_encoder(config)
+    data_dir = pathlib.Path(str(config.data.dir))
+    if not str(config.data.dir) or not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"corpus folder {str(config.data.dir)!r} not found: set --config.data.dir or "
+            "JOINTRE_DATA_DIR to a folder with brat/ and splits/"
+        )
+    split_file = data_dir / "splits" / f"{split}.txt"
+    ids = read_split_ids(split_file)
+    paths = find_documents(data_dir / "brat", ids, split_file)
+    examples, acc = encode_files(paths, encoder, split, progress)
+    limit = int(config.data.get("max_train_examples", 0) or 0)
+    if split == config.data.train_split and limit > 0:
+        examples = examples[:limit]
+    return SplitData(split, examples, acc, encoder.schema)
