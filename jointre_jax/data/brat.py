@@ -122,9 +122,18 @@ def read_text(path: str | pathlib.Path) -> str:
         ) from None
 
 
+_LINE_BREAK = re.compile(r"\r\n|\n|\r")
+
+
 def _mention(text: str, fragments) -> str:
     """The mention BRAT writes for fragments: their slices joined by single spaces."""
     return " ".join(text[a:b] for a, b in fragments)
+
+
+def _mention_matches(text: str, fragments, mention: str) -> bool:
+    """True when ``mention`` is the fragments' text, line breaks written as single spaces."""
+    written = _mention(text, fragments)
+    return written == mention or _LINE_BREAK.sub(" ", written) == mention
 
 
 def _trim_fragments(text: str, fragments):
@@ -238,9 +247,9 @@ class _Reader:
                 f"offsets {offsets} are empty, overlapping or beyond the text "
                 f"({len(text)} characters)",
             )
-        elif _mention(text, fragments) != mention:
+        elif not _mention_matches(text, fragments, mention):
             trimmed = _trim_fragments(text, fragments)
-            if trimmed is not None and _mention(text, trimmed) == mention:
+            if trimmed is not None and _mention_matches(text, trimmed, mention):
                 fragments = list(trimmed)
                 self.doc.repaired["trimmed_whitespace"] += 1
             else:

@@ -1,0 +1,132 @@
+"""The whole pipeline on the real Chia corpus in ../shared (skipped with a reason without it).
+
+An independent, deliberately plain scan of the .ann files is the oracle: every mention of every
+kept entity is in an example with exactly its text, or counted in a dropped counter.
+"""
+
+import collections
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import minilm_m2
+from jointre_jax.data.batching import Batcher, padding_stats
+from jointre_jax.data.corpus import load_split, make_encoder
+from tests.conftest import CHIA_DIR, MINILM_DIR, REPO, needs_chia
+
+pytestmark = needs_chia
+SPLITS = ("train", "dev", "test")
+
+
+@pytest.fixture(scope="module")
+def chia():
+    config = minilm_m2.get_config()
+    config.data.dir, config.model.encoder = str(CHIA_DIR), str(MINILM_DIR)
+    encoder = make_encoder(config)
+    return config, {s: load_split(config, s, encoder, progress=False) for s in SPLITS}
+
+
+def plain_scan(split):
+    """{(doc_id, T id): mention} of the kept entity types, and the kept-type relation count."""
+    kept_types = set(minilm_m2.get_config().data.entity_types)
+    relation_types = set(minilm_m2.get_config().data.relation_types)
+    ids = (CHIA_DIR / "splits" / f"{split}.txt").read_text().split()
+    mentions, relations = {}, 0
+    for trial in ids:
+        for part in ("inc", "exc"):
+            ann = (CHIA_DIR / "brat" / f"{trial}_{part}.ann").read_text(encoding="utf-8")
+            for line in ann.split("\n"):
+                fields = line.rstrip("\r").split("\t")
+                if line.startswith("T") and fields[1].split(" ")[0] in kept_types:
+                    mentions[(f"{trial}_{part}", fields[0])] = fields[2]
+                elif line.startswith("R") and fields[1].split(" ")[0] in relation_types:
+                    relations += 1
+                elif line.startswith("*\tOR "):
+                    relations += len(set(fields[1].split()[1:])) - 1
+    return mentions, relations
+
+
+def test_every_kept_entity_has_exactly_its_text_or_is_counted(chia):
+    _, data = chia
+    for split in SPLITS:
+        mentions, raw_relations = plain_scan(split)
+        acc = data[split].accounting
+        assert acc.entities.raw == len(mentions)
+        assert acc.relations.raw == raw_relations
+        acc.check()  # raw == kept + sum(dropped), entities and relations
+        seen = collections.Counter()
+        for ex in data[split].examples:
+            for span in ex.entities:
+                key = (ex.doc_id, span.ann_id)
+                seen[key] += 1
+                text = ex.text[span.char_start : span.char_end]
+                # The file's mention; whitespace-trimmed offsets are counted as repaired.
+                assert text == mentions[key] or text == mentions[key].strip(), key
+                # The wordpieces of the span cover exactly that text.
+                assert ex.offsets[span.start][0] == span.char_start
+                assert ex.offsets[span.end - 1][1] == span.char_end
+        assert max(seen.values()) == 1  # no entity in two examples
+        assert len(seen) == acc.entities.kept
+        assert acc.entities.kept / acc.entities.raw > 0.85  # the ceiling is reported, not hidden
+
+
+def test_bio_tags_decode_to_the_kept_entities(chia):
+    config, data = chia
+    schema = data["train"].schema
+    for ex in data["dev"].examples:
+        spans, current = [], None
+        for i, tag in enumerate(schema.bio_tags[t] for t in ex.ner_tags):
+            if tag.startswith("B-") or tag == "O":
+                if current:
+                    spans.append(tuple(current))
+                current = [i, i + 1, tag[2:]] if tag != "O" else None
+            else:
+                assert current and current[2] == tag[2:], (ex.doc_id, ex.line)  # well-formed BIO
+                current[1] = i + 1
+        if current:
+            spans.append(tuple(current))
+        expected = [(s.start, s.end, schema.entity_types[s.label]) for s in ex.entities]
+        assert spans == expected
+        assert ex.length <= config.data.max_length
+
+
+def test_bucketed_batches_waste_under_20_percent(chia):
+    config, data = chia
+    for split in SPLITS:
+        batcher = Batcher(
+            data[split].examples,
+            config.data.bucket_boundaries,
+            config.data.batch_size if split == "train" else config.data.eval_batch_size,
+        )
+        plan = batcher.epoch_plan(0) if split == "train" else batcher.eval_plan()
+        stats = padding_stats(batcher, plan)
+        assert stats["padding_waste"] < 0.20, (split, stats)
+        assert {p.length for p in plan} <= set(config.data.bucket_boundaries)
+
+
+def test_splits_are_disjoint_by_trial(chia):
+    _, data = chia
+    trials = {s: {ex.doc_id.split("_")[0] for ex in data[s].examples} for s in SPLITS}
+    assert not trials["train"] & trials["dev"] and not trials["train"] & trials["test"]
+    assert not trials["dev"] & trials["test"]
+    assert (len(trials["train"]), len(trials["dev"]), len(trials["test"])) == (700, 100, 100)
+
+
+def test_report_cli_on_chia():
+    env = {**os.environ, "JOINTRE_DATA_DIR": str(CHIA_DIR), "JOINTRE_ENCODER": str(MINILM_DIR)}
+    command = [sys.executable, "-m", "jointre_jax.data.report", "--config=configs/minilm_m2.py"]
+    out = subprocess.run(
+        [*command, "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    for split in SPLITS:
+        entry = report["splits"][split]
+        assert entry["documents"] == {"train": 1400, "dev": 200, "test": 200}[split]
+        for kind in ("entities", "relations"):
+            assert entry[kind]["raw"] == entry[kind]["kept"] + sum(entry[kind]["dropped"].values())
+        assert "Non-query-able" in entry["excluded"]["entities"]
+        assert entry["padding"]["padding_waste"] < 0.2

@@ -1,0 +1,215 @@
+"""Schema and encoder: kept/dropped accounting, BIO, anchors, overlap policies, windows."""
+
+import pytest
+
+from configs import default
+from jointre_jax.data.accounting import Accounting
+from jointre_jax.data.brat import BratFormatError, read_document
+from jointre_jax.data.encode import Encoder, choose_windows, select_non_overlapping, split_lines
+from jointre_jax.data.schema import Schema
+from tests.conftest import t_line, write_brat
+
+SCHEMA = Schema.from_config(default.get_config().data)
+
+
+def encode(tmp_path, tokenizer, text, ann_lines, crlf=False, **kwargs):
+    path = write_brat(tmp_path, "doc", text, "\n".join(ann_lines) + "\n", crlf=crlf)
+    lenient = kwargs.pop("lenient", True)
+    doc = read_document(path, lenient=lenient)
+    acc = Accounting()
+    encoder = Encoder(kwargs.pop("schema", SCHEMA), tokenizer, lenient=lenient, **kwargs)
+    examples = encoder.encode_document(doc, acc)
+    acc.check()
+    return examples, acc
+
+
+def tags_of(example, schema=SCHEMA):
+    return [schema.bio_tags[t] for t in example.ner_tags]
+
+
+def test_bio_tags_anchors_and_relations(tmp_path, tiny_tokenizer):
+    text = "Patients with type 2 diabetes\r\nHbA1c > 7 % within the last 3 months\r\n"
+    examples, acc = encode(
+        tmp_path,
+        tiny_tokenizer,
+        text,
+        [
+            t_line("T1", "Condition", text, "type 2 diabetes"),
+            t_line("T2", "Measurement", text, "HbA1c"),
+            t_line("T3", "Value", text, "> 7 %"),
+            t_line("T4", "Temporal", text, "within the last 3 months"),
+            "R1\tHas_value Arg1:T2 Arg2:T3",
+            "R2\tHas_temporal Arg1:T2 Arg2:T4",
+        ],
+    )
+    assert [ex.line for ex in examples] == [1, 2]
+    first, second = examples
+    assert tags_of(first) == ["O", "O", "O", "B-Condition", "I-Condition", "I-Condition", "O"]
+    assert tags_of(second)[:5] == ["O", "B-Measurement", "B-Value", "I-Value", "I-Value"]
+    for ex in examples:
+        for span in ex.entities:  # every kept entity has exactly its text
+            assert ex.offsets[span.start][0] == span.char_start
+            assert ex.offsets[span.end - 1][1] == span.char_end
+    has_value = SCHEMA.relation_labels.index("Has_value")
+    has_temporal = SCHEMA.relation_labels.index("Has_temporal")
+    assert second.relations == ((0, 1, has_value), (0, 2, has_temporal))
+    assert second.anchor(2, "first") == 5 and second.anchor(2, "last") == 9
+    assert acc.entities.to_dict() == {"raw": 4, "kept": 4, "dropped": {}}
+    assert acc.relations.to_dict() == {"raw": 2, "kept": 2, "dropped": {}}
+    assert (acc.documents, acc.criteria, acc.examples) == (1, 2, 2)
+
+
+def test_or_groups_chain_in_text_order_and_exclusions(tmp_path, tiny_tokenizer):
+    text = "breast cancer or lung cancer or stroke\n"
+    lines = [
+        t_line("T1", "Condition", text, "stroke"),
+        t_line("T2", "Condition", text, "breast cancer"),
+        t_line("T3", "Condition", text, "lung cancer"),
+        t_line("T4", "Non-query-able", text, "or"),
+        "*\tOR T1 T2 T3",
+        "*\tNOT T2 T3",
+        "R1\tOR Arg1:T2 Arg2:T3",
+        "R2\tmulti Arg1:T2 Arg2:T3",
+        "R3\tHas_context Arg1:T2 Arg2:T4",
+    ]
+    (example,), acc = encode(tmp_path, tiny_tokenizer, text, lines)
+    or_label = SCHEMA.relation_labels.index("OR")
+    by_id = [span.ann_id for span in example.entities]
+    pairs = {(by_id[h], by_id[t]) for h, t, label in example.relations if label == or_label}
+    assert pairs == {("T2", "T3"), ("T3", "T1")}  # consecutive members in text order
+    assert acc.excluded_entities == {"Non-query-able": 1}
+    assert acc.excluded_relations == {"*:NOT": 1, "R:OR": 1, "R:multi": 1}
+    assert acc.relations.to_dict() == {
+        "raw": 3,
+        "kept": 2,
+        "dropped": {"argument_type_left_out": 1},
+    }
+    all_pairs = Schema(SCHEMA.entity_types, SCHEMA.relation_types, group_expansion="all_pairs")
+    (example,), acc = encode(tmp_path, tiny_tokenizer, text, lines[:5], schema=all_pairs)
+    assert len(example.relations) == 3 and acc.relations.raw == 3
+
+
+def test_aliases_map_before_filtering(tmp_path, tiny_tokenizer):
+    config = default.get_config()
+    config.data.entity_aliases = ("Illness:Condition",)
+    config.data.relation_aliases = ("negated_by:Has_negation",)
+    schema = Schema.from_config(config.data)
+    text = "no stroke\n"
+    lines = [
+        t_line("T1", "Illness", text, "stroke"),
+        t_line("T2", "Negation", text, "no"),
+        "R1\tnegated_by Arg1:T1 Arg2:T2",
+    ]
+    (example,), acc = encode(tmp_path, tiny_tokenizer, text, lines, schema=schema)
+    assert tags_of(example)[1:3] == ["B-Negation", "B-Condition"]
+    assert acc.relations.kept == 1
+    with pytest.raises(ValueError, match="raw_name:kept_name"):
+        config.data.entity_aliases = ("Illness",)
+        Schema.from_config(config.data)
+
+
+def test_policies_for_what_bio_cannot_hold(tmp_path, tiny_tokenizer):
+    text = "severe renal impairment and stroke\nbreast or lung cancer\nhba1c>7\n"
+    start = text.index("breast")
+    lines = [
+        t_line("T1", "Condition", text, "severe renal impairment"),
+        t_line("T2", "Qualifier", text, "severe"),  # nested: loses (fewer relations)
+        t_line("T3", "Condition", text, "renal impairment"),  # nested
+        "R1\tHas_qualifier Arg1:T3 Arg2:T2",  # ... unless relations outweigh the span
+        # crosses a line break (BRAT writes the break in the mention as a space)
+        t_line("T4", "Condition", text, "stroke\nbreast").replace(
+            "stroke\nbreast", "stroke breast"
+        ),
+        f"T5\tCondition {start} {start + 6};{start + 15} {start + 21}\tbreast cancer",
+        t_line("T6", "Measurement", text, "hba1c>"),
+        t_line("T7", "Value", text, "c>7"),  # starts inside the wordpiece 'hba1c'
+        "R2\tHas_value Arg1:T6 Arg2:T7",
+        "R3\tAND Arg1:T1 Arg2:T1",
+    ]
+    examples, acc = encode(tmp_path, tiny_tokenizer, text, lines)
+    kept = {span.ann_id for ex in examples for span in ex.entities}
+    assert kept == {"T2", "T3", "T6"}  # T2+T3 (weight 2+2) beat T1 (weight 1 + 1 self-rel)
+    assert acc.entities.dropped == {
+        "overlap": 1,
+        "crosses_line": 1,
+        "discontinuous": 1,
+        "token_boundary": 1,
+    }
+    assert acc.relations.dropped == {"argument_token_boundary": 1, "self_relation": 1}
+    assert acc.relations.kept == 1
+
+    examples, acc = encode(tmp_path, tiny_tokenizer, text, lines, overlap_policy="longest")
+    assert {span.ann_id for span in examples[0].entities} == {"T1"}
+    assert acc.relations.dropped["argument_overlap"] == 1
+
+
+def test_merged_fragments_when_the_gap_is_the_joining_space(tmp_path, tiny_tokenizer):
+    text = "heart failure\n"
+    (example,), acc = encode(
+        tmp_path, tiny_tokenizer, text, ["T1\tCondition 0 5;6 13\theart failure"]
+    )
+    assert tags_of(example)[1:3] == ["B-Condition", "I-Condition"]
+    assert acc.repaired == {"merged_fragments": 1}
+
+
+def test_duplicate_and_conflicting_relations(tmp_path, tiny_tokenizer):
+    text = "lung cancer and stroke\n"
+    lines = [
+        t_line("T1", "Condition", text, "lung cancer"),
+        t_line("T2", "Condition", text, "stroke"),
+        "R1\tAND Arg1:T1 Arg2:T2",
+        "R2\tAND Arg1:T1 Arg2:T2",
+        "R3\tSubsumes Arg1:T1 Arg2:T2",
+        "R4\tHas_value Arg1:T1 Arg2:T9",
+    ]
+    (example,), acc = encode(tmp_path, tiny_tokenizer, text, lines)
+    assert example.relations == ((0, 1, SCHEMA.relation_labels.index("AND")),)
+    assert acc.relations.dropped == {"duplicate": 1, "conflicting_label": 1, "unknown_argument": 1}
+    with pytest.raises(BratFormatError, match=r"doc\.ann:6: unknown annotation id T9"):
+        encode(tmp_path, tiny_tokenizer, text, lines, lenient=False)
+
+
+def test_long_criteria_are_windowed_without_cutting_entities(tmp_path, tiny_tokenizer):
+    clause = "no history of heart failure or stroke, "
+    text = clause * 6 + "\n"
+    lines, n = [], 0
+    for i in range(6):
+        base = i * len(clause)
+        hf, st = base + clause.index("heart failure"), base + clause.index("stroke")
+        lines += [
+            f"T{n + 1}\tCondition {hf} {hf + 13}\theart failure",
+            f"T{n + 2}\tCondition {st} {st + 6}\tstroke",
+            f"R{i + 1}\tAND Arg1:T{n + 1} Arg2:T{n + 2}",
+        ]
+        n += 2
+    lines.append("R99\tAND Arg1:T1 Arg2:T12")  # first and last clause: different windows
+    examples, acc = encode(tmp_path, tiny_tokenizer, text, lines, max_length=20)
+    assert len(examples) > 1 and acc.windowed_criteria == 1
+    assert all(ex.length <= 20 for ex in examples)
+    assert [ex.window for ex in examples] == list(range(len(examples)))
+    assert acc.entities.to_dict() == {"raw": 12, "kept": 12, "dropped": {}}
+    assert acc.relations.dropped == {"crosses_window": 1} and acc.relations.kept == 6
+    for ex in examples:
+        for span in ex.entities:
+            assert ex.text[span.char_start : span.char_end] in ("heart failure", "stroke")
+
+
+def test_select_non_overlapping_known_answers():
+    spans = [(0, 10), (0, 3), (4, 10), (2, 6)]
+    assert select_non_overlapping(spans, [1, 1, 1, 1], "most_relations") == [1, 2]
+    assert select_non_overlapping(spans, [5, 1, 1, 1], "most_relations") == [0]
+    assert select_non_overlapping(spans, [1, 1, 1, 1], "longest") == [0]
+    assert select_non_overlapping(spans, [1, 1, 1, 1], "shortest") == [1, 2]
+    assert select_non_overlapping([], [], "most_relations") == []
+
+
+def test_choose_windows_prefers_punctuation_and_respects_spans():
+    tokens = list("abcdefgh") + ["."] + list("ijklmno")  # 16 tokens
+    windows = choose_windows(16, 10, [(7, 11)], tokens)
+    assert windows == [(0, 7), (7, 16)]  # cut at 9 (after '.') would split span (7, 11)
+    assert choose_windows(16, 10, [], tokens) == [(0, 9), (9, 16)]
+    assert choose_windows(5, 10, [], tokens) == [(0, 5)]
+
+
+def test_split_lines_handles_every_line_break():
+    assert split_lines("a\r\nb\nc\rd") == [(1, 0, 1), (2, 3, 4), (3, 5, 6), (4, 7, 8)]

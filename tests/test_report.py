@@ -1,0 +1,133 @@
+"""The data report, on a corpus folder written by the test and (when present) on real Chia."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import default
+from jointre_jax.data.brat import BratFormatError
+from jointre_jax.data.corpus import find_documents, load_split, read_split_ids
+from jointre_jax.data.report import build_report, format_report
+from tests.conftest import REPO, t_line, write_brat, write_vocab
+
+
+def tiny_corpus(root):
+    """A corpus folder with train/dev/test splits and a local tokenizer directory."""
+    texts = {
+        "NCT1_inc": "Patients with type 2 diabetes\nHbA1c > 7 %\n",
+        "NCT1_exc": "no history of heart failure or stroke\n",
+        "NCT2_inc": "women aged 18 years and older\n",
+        "NCT3_exc": "pregnant women\nbreast or lung cancer\n",
+    }
+    anns = {
+        "NCT1_inc": [
+            t_line("T1", "Condition", texts["NCT1_inc"], "type 2 diabetes"),
+            t_line("T2", "Measurement", texts["NCT1_inc"], "HbA1c"),
+            t_line("T3", "Value", texts["NCT1_inc"], "> 7 %"),
+            "R1\tHas_value Arg1:T2 Arg2:T3",
+        ],
+        "NCT1_exc": [
+            t_line("T1", "Condition", texts["NCT1_exc"], "heart failure"),
+            t_line("T2", "Condition", texts["NCT1_exc"], "stroke"),
+            t_line("T3", "Negation", texts["NCT1_exc"], "no"),
+            t_line("T4", "Parsing_Error", texts["NCT1_exc"], "history"),
+            "*\tOR T1 T2",
+            "R1\tHas_negation Arg1:T1 Arg2:T3",
+            "R2\tmulti Arg1:T1 Arg2:T2",
+        ],
+        "NCT2_inc": [
+            t_line("T1", "Person", texts["NCT2_inc"], "women"),
+            t_line("T2", "Value", texts["NCT2_inc"], "18 years and older"),
+            "R1\tHas_value Arg1:T1 Arg2:T2",
+        ],
+        "NCT3_exc": [
+            t_line("T1", "Condition", texts["NCT3_exc"], "pregnant"),
+            "T2\tCondition 15 21;30 36\tbreast cancer",
+            t_line("T3", "Condition", texts["NCT3_exc"], "lung cancer"),
+            "T4\tCondition 0 8\tpregnent",  # text mismatch
+        ],
+    }
+    for name, text in texts.items():
+        write_brat(root / "corpus" / "brat", name, text, "\n".join(anns[name]) + "\n")
+    splits = root / "corpus" / "splits"
+    splits.mkdir()
+    (splits / "train.txt").write_text("NCT1\nNCT3\n")
+    (splits / "dev.txt").write_text("NCT2\n")
+    (splits / "test.txt").write_text("NCT2_inc\n")
+    encoder = root / "encoder"
+    encoder.mkdir()
+    write_vocab(encoder / "vocab.txt")
+    (encoder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True})
+    )
+    config = default.get_config()
+    config.data.dir = str(root / "corpus")
+    config.model.encoder = str(encoder)
+    config.data.batch_size = config.data.eval_batch_size = 2
+    return config
+
+
+def test_report_counts_everything(tmp_path):
+    config = tiny_corpus(tmp_path)
+    report = build_report(config)
+    train = report["splits"]["train"]
+    assert (train["documents"], train["criteria"], train["examples"]) == (3, 5, 5)
+    assert train["entities"] == {
+        "raw": 10,
+        "kept": 8,
+        "dropped": {"discontinuous": 1, "text_mismatch": 1},
+    }
+    assert train["relations"] == {"raw": 3, "kept": 3, "dropped": {}}
+    assert train["excluded"] == {
+        "entities": {"Parsing_Error": 1},
+        "relations": {"R:multi": 1},
+    }
+    assert len(train["problems"]) == 1 and "NCT3_exc.ann:4:" in train["problems"][0]
+    assert report["splits"]["test"]["documents"] == 1  # a full document id works too
+    assert 0 < train["padding"]["real_token_fraction"] <= 1
+    table = format_report(report)
+    assert "dropped: text_mismatch" in table and "Parsing_Error" in table
+
+
+def test_strict_mode_names_file_and_line(tmp_path):
+    config = tiny_corpus(tmp_path)
+    config.data.lenient = False
+    with pytest.raises(BratFormatError, match=r"NCT3_exc\.ann:4: T4 mention 'pregnent'"):
+        load_split(config, "train", progress=False)
+
+
+def test_split_errors(tmp_path):
+    config = tiny_corpus(tmp_path)
+    split = tmp_path / "corpus" / "splits" / "bad.txt"
+    split.write_text("NCT1\nNCT9\n")
+    with pytest.raises(BratFormatError, match=r"bad\.txt:2: no document NCT9\*\.txt"):
+        find_documents(tmp_path / "corpus" / "brat", read_split_ids(split), split)
+    split.write_text("NCT1\n\nNCT1\n")
+    with pytest.raises(BratFormatError, match=r"bad\.txt:3: NCT1 listed twice"):
+        read_split_ids(split)
+    config.data.dir = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="JOINTRE_DATA_DIR"):
+        load_split(config, "train")
+
+
+def test_report_cli_json_and_table(tmp_path):
+    config = tiny_corpus(tmp_path)
+    args = [
+        sys.executable, "-m", "jointre_jax.data.report", "--config=configs/default.py",
+        f"--config.data.dir={config.data.dir}", f"--config.model.encoder={config.model.encoder}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([*args, "--json"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert set(report["splits"]) == {"train", "dev", "test"}
+    for entry in report["splits"].values():
+        for kind in ("entities", "relations"):
+            assert entry[kind]["raw"] == entry[kind]["kept"] + sum(entry[kind]["dropped"].values())
+    table = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    assert table.returncode == 0 and "padding_waste" in table.stdout
+    typo = subprocess.run([*args, "--config.data.bukets=1"], cwd=REPO, env=env, capture_output=True)
+    assert typo.returncode != 0 and b"bukets" in typo.stderr
