@@ -51,6 +51,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     # Training epochs over the training split (paper: 20).
     config.num_epochs = 20
+    # Dev metric that picks the best epoch ("ner.f1", "re_gs.f1", "re_e2e.f1", ...); empty:
+    # ner.f1 for standalone NER, re_gs.f1 for standalone RE, re_e2e.f1 otherwise.
+    config.best_metric = ""
+    # Save a resumable checkpoint every this many steps (0: only at the end of each epoch).
+    config.checkpoint_every_steps = 200
+    # Devices of the data-parallel mesh (0 = all local devices).
+    config.num_devices = 0
 
     # ---------------------------------------------------------------- data
     config.data = ml_collections.ConfigDict()
@@ -106,13 +113,42 @@ def get_config() -> ml_collections.ConfigDict:
     # Lowercase before wordpiece tokenisation. Unset: as the tokenizer files say. Set it for
     # checkpoints whose files say nothing (BioBERT is cased but ships no tokenizer config).
     config.model.lowercase = config_dict.placeholder(bool)
+    # False: initialise the encoder randomly from the encoder's config.json (no weights).
+    config.model.pretrained = True
+    # "joint" (NER + RE, one encoder), "ner" (standalone NER), "re" (standalone RE on gold
+    # entities), "pipeline" (standalone NER feeding standalone RE, two encoders).
+    config.model.method = "joint"
+    # Pair scorer: "m1" (linear on h_i + t_j), "m2" (biaffine: bilinear + linear),
+    # "m2_bilinear" (bilinear only; the paper's best end-to-end model).
+    config.model.re_option = "m2_bilinear"
+    # RE negatives: "gs-based" (all gold entity pairs) or "incremental" (gold relations plus
+    # pairs of predicted entities); incremental needs method="joint".
+    config.model.negative_sampling = "gs-based"
     # Size of the NER label embedding concatenated with the encoder output (paper: 16).
     config.model.ner_label_embedding_dim = 16
+    # Labels the embedding reads while training: "gold" (teacher forcing, as in the joint
+    # model the paper builds on) or "predicted"; inference always uses predicted labels.
+    config.model.train_label_source = "gold"
+    # Size of the head and tail vectors.
+    config.model.pair_hidden_dim = 256
+    # Dropout on the encoder output and the head/tail vectors (the encoder keeps its own).
+    config.model.dropout_rate = 0.1
+    # Compute dtype ("float32", or "bfloat16" on GPUs); parameters stay float32.
+    config.model.compute_dtype = "float32"
+    # Joint loss = ner_loss_weight * NER loss + re_loss_weight * RE loss.
+    config.model.ner_loss_weight = 1.0
+    config.model.re_loss_weight = 1.0
 
     # ---------------------------------------------------------- optimiser
     config.optim = ml_collections.ConfigDict()
     # Peak learning rate of AdamW (paper: 2e-5).
     config.optim.learning_rate = 2e-5
+    # Fraction of the steps with linear warmup; linear decay to 0 afterwards.
+    config.optim.warmup_fraction = 0.1
+    # AdamW decoupled weight decay.
+    config.optim.weight_decay = 0.01
+    # Gradient clipping by global norm.
+    config.optim.grad_clip_norm = 1.0
 
     config.lock()
     return config
