@@ -25,11 +25,12 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest -q -n 2 tests
 
-# Until the training issue lands, the demo is the data report on Chia.
+# A short training run: Chia + MiniLM from ../shared when present, else the shipped sample.
 demo: $(STAMP)
-	$(PY) -m jointre_jax.data.report --config=configs/minilm_m2.py
+	$(PY) -m jointre_jax.demo --config=configs/demo.py --workdir=workdirs/demo
 
-report: demo
+report: $(STAMP)
+	$(PY) -m jointre_jax.data.report --config=configs/minilm_m2.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

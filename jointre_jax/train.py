@@ -287,6 +287,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     step = int(state.step)
     log_path = workdir / "metrics.jsonl"
     start_epoch = step // steps_per_epoch
+    if is_main:  # keep the lines of the epochs the restored state has completed
+        _truncate_log(log_path, start_epoch)
+    if step == 0:  # the baseline the scores rise from
+        initial = evaluate(predict, state, dev_batcher, schema, data.anchor, "dev (initial)")
+        _append_log(log_path, is_main, {
+            "epoch": 0, "step": 0,
+            **{f"dev_{k}_f1": initial[k]["f1"] for k in ("ner", "re_gs", "re_e2e")},
+        })  # fmt: skip
     for epoch in range(start_epoch, config.num_epochs):
         plan = batcher.epoch_plan(epoch)
         offset = step - epoch * steps_per_epoch
@@ -313,7 +321,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if meta["best_metric"] is None or value > meta["best_metric"]:
             meta = {"best_metric": value, "best_epoch": epoch + 1}
             save(best, step, state, meta)
-        save(latest, step, state, meta)
         record = {
             "epoch": epoch + 1,
             "step": step,
@@ -324,9 +331,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             "best_epoch": meta["best_epoch"],
         }
         log.info("%s", record)
-        if is_main:
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        _append_log(log_path, is_main, record)
+        save(latest, step, state, meta)
     test_data = load_split(config, config.data.test_split, encoder)
     test_batcher = Batcher(
         test_data.examples, data.bucket_boundaries, data.eval_batch_size, data.anchor
@@ -339,6 +345,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if is_main:
         (workdir / "metrics.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def _truncate_log(path: pathlib.Path, completed_epochs: int) -> None:
+    """Drops lines of epochs after ``completed_epochs`` (written before a kill)."""
+    if path.exists():
+        lines = [x for x in path.read_text().splitlines() if x.strip()]
+        kept = [x for x in lines if json.loads(x)["epoch"] <= completed_epochs]
+        path.write_text("".join(x + "\n" for x in kept) if completed_epochs else "")
+
+
+def _append_log(path: pathlib.Path, is_main: bool, record: dict) -> None:
+    if is_main:
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def _accumulate(sums: dict, metrics, bar) -> None:

@@ -3,14 +3,23 @@
 Four fake CPU devices are set before JAX is imported anywhere, so sharding tests see a mesh.
 """
 
+import json
 import os
 import pathlib
 import string
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests compile the same tiny models again and again: a persistent cache makes repeats cheap.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    str(pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # noqa: E402
+
+from configs import default  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED = pathlib.Path(os.environ.get("JOINTRE_SHARED", REPO.parent / "shared"))
@@ -68,3 +77,68 @@ def t_line(ann_id, ent_type, text, start, end=None, mention=None):
         end = start + len(mention_text)
     mention = text[start:end] if mention is None else mention
     return f"{ann_id}\t{ent_type} {start} {end}\t{mention}"
+
+
+# A 2-layer, 32-wide BERT: random weights, for fast training tests (config.model.pretrained=False).
+TINY_BERT = {
+    "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "intermediate_size": 64, "max_position_embeddings": 128, "type_vocab_size": 2,
+}  # fmt: skip
+
+
+def tiny_corpus(root):
+    """A corpus folder with train/dev/test splits and a local tokenizer directory."""
+    texts = {
+        "NCT1_inc": "Patients with type 2 diabetes\nHbA1c > 7 %\n",
+        "NCT1_exc": "no history of heart failure or stroke\n",
+        "NCT2_inc": "women aged 18 years and older\n",
+        "NCT3_exc": "pregnant women\nbreast or lung cancer\n",
+    }
+    anns = {
+        "NCT1_inc": [
+            t_line("T1", "Condition", texts["NCT1_inc"], "type 2 diabetes"),
+            t_line("T2", "Measurement", texts["NCT1_inc"], "HbA1c"),
+            t_line("T3", "Value", texts["NCT1_inc"], "> 7 %"),
+            "R1\tHas_value Arg1:T2 Arg2:T3",
+        ],
+        "NCT1_exc": [
+            t_line("T1", "Condition", texts["NCT1_exc"], "heart failure"),
+            t_line("T2", "Condition", texts["NCT1_exc"], "stroke"),
+            t_line("T3", "Negation", texts["NCT1_exc"], "no"),
+            t_line("T4", "Parsing_Error", texts["NCT1_exc"], "history"),
+            "*\tOR T1 T2",
+            "R1\tHas_negation Arg1:T1 Arg2:T3",
+            "R2\tmulti Arg1:T1 Arg2:T2",
+        ],
+        "NCT2_inc": [
+            t_line("T1", "Person", texts["NCT2_inc"], "women"),
+            t_line("T2", "Value", texts["NCT2_inc"], "18 years and older"),
+            "R1\tHas_value Arg1:T1 Arg2:T2",
+        ],
+        "NCT3_exc": [
+            t_line("T1", "Condition", texts["NCT3_exc"], "pregnant"),
+            "T2\tCondition 15 21;30 36\tbreast cancer",
+            t_line("T3", "Condition", texts["NCT3_exc"], "lung cancer"),
+            "T4\tCondition 0 8\tpregnent",  # text mismatch
+        ],
+    }
+    for name, text in texts.items():
+        write_brat(root / "corpus" / "brat", name, text, "\n".join(anns[name]) + "\n")
+    splits = root / "corpus" / "splits"
+    splits.mkdir()
+    (splits / "train.txt").write_text("NCT1\nNCT3\n")
+    (splits / "dev.txt").write_text("NCT2\n")
+    (splits / "test.txt").write_text("NCT2_inc\n")
+    encoder = root / "encoder"
+    encoder.mkdir()
+    write_vocab(encoder / "vocab.txt")
+    (encoder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True})
+    )
+    vocab_size = len((encoder / "vocab.txt").read_text(encoding="utf-8").split("\n")) - 1
+    (encoder / "config.json").write_text(json.dumps(TINY_BERT | {"vocab_size": vocab_size}))
+    config = default.get_config()
+    config.data.dir = str(root / "corpus")
+    config.model.encoder = str(encoder)
+    config.data.batch_size = config.data.eval_batch_size = 2
+    return config

@@ -7,67 +7,10 @@ import sys
 
 import pytest
 
-from configs import default
 from jointre_jax.data.brat import BratFormatError
 from jointre_jax.data.corpus import find_documents, load_split, read_split_ids
 from jointre_jax.data.report import build_report, format_report
-from tests.conftest import REPO, t_line, write_brat, write_vocab
-
-
-def tiny_corpus(root):
-    """A corpus folder with train/dev/test splits and a local tokenizer directory."""
-    texts = {
-        "NCT1_inc": "Patients with type 2 diabetes\nHbA1c > 7 %\n",
-        "NCT1_exc": "no history of heart failure or stroke\n",
-        "NCT2_inc": "women aged 18 years and older\n",
-        "NCT3_exc": "pregnant women\nbreast or lung cancer\n",
-    }
-    anns = {
-        "NCT1_inc": [
-            t_line("T1", "Condition", texts["NCT1_inc"], "type 2 diabetes"),
-            t_line("T2", "Measurement", texts["NCT1_inc"], "HbA1c"),
-            t_line("T3", "Value", texts["NCT1_inc"], "> 7 %"),
-            "R1\tHas_value Arg1:T2 Arg2:T3",
-        ],
-        "NCT1_exc": [
-            t_line("T1", "Condition", texts["NCT1_exc"], "heart failure"),
-            t_line("T2", "Condition", texts["NCT1_exc"], "stroke"),
-            t_line("T3", "Negation", texts["NCT1_exc"], "no"),
-            t_line("T4", "Parsing_Error", texts["NCT1_exc"], "history"),
-            "*\tOR T1 T2",
-            "R1\tHas_negation Arg1:T1 Arg2:T3",
-            "R2\tmulti Arg1:T1 Arg2:T2",
-        ],
-        "NCT2_inc": [
-            t_line("T1", "Person", texts["NCT2_inc"], "women"),
-            t_line("T2", "Value", texts["NCT2_inc"], "18 years and older"),
-            "R1\tHas_value Arg1:T1 Arg2:T2",
-        ],
-        "NCT3_exc": [
-            t_line("T1", "Condition", texts["NCT3_exc"], "pregnant"),
-            "T2\tCondition 15 21;30 36\tbreast cancer",
-            t_line("T3", "Condition", texts["NCT3_exc"], "lung cancer"),
-            "T4\tCondition 0 8\tpregnent",  # text mismatch
-        ],
-    }
-    for name, text in texts.items():
-        write_brat(root / "corpus" / "brat", name, text, "\n".join(anns[name]) + "\n")
-    splits = root / "corpus" / "splits"
-    splits.mkdir()
-    (splits / "train.txt").write_text("NCT1\nNCT3\n")
-    (splits / "dev.txt").write_text("NCT2\n")
-    (splits / "test.txt").write_text("NCT2_inc\n")
-    encoder = root / "encoder"
-    encoder.mkdir()
-    write_vocab(encoder / "vocab.txt")
-    (encoder / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True})
-    )
-    config = default.get_config()
-    config.data.dir = str(root / "corpus")
-    config.model.encoder = str(encoder)
-    config.data.batch_size = config.data.eval_batch_size = 2
-    return config
+from tests.conftest import REPO, tiny_corpus
 
 
 def test_report_counts_everything(tmp_path):

@@ -1,0 +1,80 @@
+"""`make demo`: trains briefly, prints the test scores and a few extracted criteria.
+
+python -m jointre_jax.demo --config=configs/demo.py --workdir=workdirs/demo
+"""
+
+import pathlib
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from jointre_jax import evaluate, train
+from jointre_jax.data.batching import Batcher
+from jointre_jax.data.corpus import load_split
+from jointre_jax.data.sample import write_sample_corpus, write_tiny_encoder
+from jointre_jax.evaluation import decode_example
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Run directory.")
+_SHOW = flags.DEFINE_integer("show", 4, "Test criteria to print with their extractions.")
+
+
+def prepare(config, workdir: pathlib.Path) -> str:
+    """Fills in the shipped sample when the config has no corpus; returns what is used."""
+    if config.data.dir:
+        return f"Chia ({config.data.dir}) with the encoder {config.model.encoder}"
+    corpus = write_sample_corpus(workdir / "sample")
+    config.data.dir = str(corpus)
+    config.model.encoder = str(write_tiny_encoder(workdir / "sample_encoder", corpus))
+    return (
+        "the project's own annotated sample (jointre_jax/assets/demo_criteria.txt) with a small "
+        "randomly initialised encoder: ../shared (Chia, MiniLM) was not found"
+    )
+
+
+def show_extractions(workdir: pathlib.Path, count: int) -> None:
+    """Prints ``count`` test criteria with the entities and relations the model extracts."""
+    config, state, predict, encoder = evaluate.load_run(workdir)
+    examples = load_split(config, config.data.test_split, encoder, progress=False).examples
+    chosen = [ex for ex in examples if len(ex.entities) >= 3][:count]
+    batcher = Batcher(chosen, config.data.bucket_boundaries, len(chosen) or 1, config.data.anchor)
+    schema = encoder.schema
+    for planned in batcher.eval_plan():
+        out = predict(state, batcher.build(planned))
+        for row, index in enumerate(planned.indices):
+            if index < 0:
+                continue
+            example = chosen[index]
+            tags = out["ner_tags"][row]
+            rels = (out["re_labels"][row], out["re_probs"][row]) if "re_labels" in out else None
+            entities, relations = decode_example(example, tags, rels, config.data.anchor)
+            print(f"\n  {example.text}")
+            for e in entities:
+                mention = example.text[e.char_start : e.char_end]
+                print(f"    [{schema.entity_types[e.label]}] {mention}")
+            for h, t, label, score in relations:
+                head = example.text[entities[h].char_start : entities[h].char_end]
+                tail = example.text[entities[t].char_start : entities[t].char_end]
+                print(f"    {schema.relation_labels[label]}({head} -> {tail})  p={score:.2f}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value)
+    workdir.mkdir(parents=True, exist_ok=True)
+    used = prepare(config, workdir)
+    print(f"demo: training on {used}")
+    results = train.train_and_evaluate(config, workdir)
+    print(f"\ntest scores (best epoch {results['best_epoch']}), encoded gold:")
+    for key, name in (("ner", "NER"), ("re_gs", "RE gs-based"), ("re_e2e", "RE end-to-end")):
+        r = results[key]
+        print(f"  {name:14s} P {r['precision']:.3f}  R {r['recall']:.3f}  F1 {r['f1']:.3f}")
+    print(f"\nextractions on test criteria (all scores in {workdir / 'metrics.json'}):")
+    show_extractions(workdir, _SHOW.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,150 @@
+"""Training on a tiny corpus with a tiny random encoder (4 fake CPU devices): learning, resume
+after a kill, one compile per length bucket, evaluation of a folder, scorer vs seqeval."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jointre_jax import evaluate as evaluate_cli
+from jointre_jax import train
+from jointre_jax.data.batching import Batcher
+from jointre_jax.data.corpus import load_split
+from jointre_jax.evaluation import Scorer
+from tests.conftest import tiny_corpus
+
+
+def tiny_train_config(root, epochs=25, method="joint", negatives="gs-based"):
+    config = tiny_corpus(root)
+    config.model.pretrained = False
+    config.model.pair_hidden_dim = 16
+    config.model.method = method
+    config.model.negative_sampling = negatives
+    config.data.batch_size = config.data.eval_batch_size = 4
+    config.data.bucket_boundaries = (8, 16, 128)
+    config.data.eval_split = config.data.test_split = "train"  # learning = fitting the train set
+    config.optim.learning_rate = 5e-3
+    config.num_epochs = epochs
+    config.checkpoint_every_steps = 1
+    return config
+
+
+@pytest.mark.parametrize(
+    "method, negatives", [("joint", "gs-based"), ("joint", "incremental"), ("pipeline", "gs-based")]
+)
+def test_scores_rise_from_their_initial_values(tmp_path, method, negatives):
+    config = tiny_train_config(tmp_path / "a", 20, method, negatives)
+    config.checkpoint_every_steps = 0
+    trained = train.train_and_evaluate(config, tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == list(range(21))  # epoch 0: before any step
+    initial, last = lines[0], lines[-1]
+    assert last["dev_ner_f1"] > initial["dev_ner_f1"] + 0.3
+    assert last["dev_re_gs_f1"] > initial["dev_re_gs_f1"] + 0.3
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["ner"]["f1"] == trained["ner"]["f1"] > initial["dev_ner_f1"] + 0.3
+    for key in ("ner", "re_gs", "re_e2e"):
+        assert {"precision", "recall", "f1", "per_type"} <= saved[key].keys()
+        assert 0.0 <= saved[key]["f1"] <= 1.0
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    config = tiny_train_config(tmp_path / "c", epochs=3)
+    uninterrupted = train.train_and_evaluate(config, tmp_path / "full")
+
+    original = Batcher.iterate
+    calls = {"n": 0}
+
+    def dying_iterate(self, *args, **kwargs):
+        for batch in original(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 4:  # mid-way through epoch 2: killed after step 3 was saved
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(Batcher, "iterate", dying_iterate)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, tmp_path / "killed")
+    monkeypatch.setattr(Batcher, "iterate", original)
+    resumed = train.train_and_evaluate(config, tmp_path / "killed")
+    log = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in log] == [0, 1, 2, 3]
+    for key in ("ner", "re_gs", "re_e2e"):
+        assert resumed[key] == uninterrupted[key]
+    _, full_state, _, _ = evaluate_cli.load_run(tmp_path / "full")
+    _, resumed_state, _, _ = evaluate_cli.load_run(tmp_path / "killed")
+    for a, b in zip(
+        jax.tree.leaves(full_state.params), jax.tree.leaves(resumed_state.params), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_one_compile_per_length_bucket(tmp_path):
+    config = tiny_train_config(tmp_path, epochs=1)
+    data = load_split(config, "train", progress=False)
+    batcher = Batcher(data.examples, (8, 16, 32, 128), 4)
+    bert, _ = train.encoder_config(config)
+    model = train.create_model(config, data.schema, bert)
+    mesh = train.make_mesh()
+    state = train.create_state(config, model, None, 10, mesh)
+    train_fn, predict_fn = train.jit_steps(mesh, state)
+    rng = jax.random.key(0)
+    lengths = set()
+    for epoch in range(3):
+        plan = batcher.epoch_plan(epoch)
+        lengths |= {p.length for p in plan}
+        for batch in batcher.iterate(plan):
+            state, _ = train_fn(state, batch, rng)
+    assert train_fn._cache_size() == len(lengths) >= 2
+    for planned in batcher.eval_plan():
+        predict_fn(state, batcher.build(planned))
+    assert predict_fn._cache_size() == len({p.length for p in batcher.eval_plan()})
+
+
+def test_evaluate_folder_matches_training_scores(tmp_path):
+    config = tiny_train_config(tmp_path, epochs=15)
+    trained = train.train_and_evaluate(config, tmp_path / "run")
+    corpus = tmp_path / "corpus"
+    scores = evaluate_cli.evaluate_folder(
+        tmp_path / "run", corpus / "brat", corpus / "splits" / "train.txt"
+    )
+    for key in ("ner", "re_gs", "re_e2e"):
+        assert scores[key]["f1"] == pytest.approx(trained[key]["f1"])
+    assert scores["data"]["documents"] == 3
+    everything = evaluate_cli.evaluate_folder(tmp_path / "run", corpus / "brat")
+    assert everything["data"]["documents"] == 4
+
+
+def test_ner_scorer_agrees_with_seqeval():
+    seqeval = pytest.importorskip("seqeval.metrics")
+    from jointre_jax.data.encode import EntitySpan, Example
+
+    rng = np.random.default_rng(0)
+    types = ["A", "B", "C"]
+    names = ["O"] + [f"{p}-{t}" for t in types for p in "BI"]
+    scorer = Scorer(types, ["none", "R"])
+    gold_seqs, pred_seqs = [], []
+    for key in range(50):
+        n = int(rng.integers(4, 14))
+        gold = rng.integers(0, 7, n)
+        gold[0] = gold[-1] = 0
+        spans = scorer_spans = []
+        from jointre_jax.evaluation import bio_to_spans
+
+        scorer_spans = bio_to_spans(gold, n)
+        spans = tuple(
+            EntitySpan(s, e, k, 0, 0, f"T{i}") for i, (s, e, k) in enumerate(scorer_spans)
+        )
+        example = Example(
+            "d", 1, 0, 0, "", np.zeros(n, np.int32), np.zeros((n, 2), np.int32), gold, spans, ()
+        )
+        predicted = np.where(rng.random(n) < 0.3, rng.integers(0, 7, n), gold)
+        predicted[0] = predicted[-1] = 0
+        scorer.add(key, example, predicted)
+        gold_seqs.append([names[t] for t in gold[1:-1]])
+        pred_seqs.append([names[t] for t in predicted[1:-1]])
+    ours = scorer.results()["ner"]
+    assert ours["f1"] == pytest.approx(seqeval.f1_score(gold_seqs, pred_seqs))
+    assert ours["precision"] == pytest.approx(seqeval.precision_score(gold_seqs, pred_seqs))
+    assert ours["recall"] == pytest.approx(seqeval.recall_score(gold_seqs, pred_seqs))
