@@ -9,7 +9,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jointre_jax import evaluate, train
+from jointre_jax import inference, train
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split
 from jointre_jax.data.sample import write_sample_corpus, write_tiny_encoder
@@ -35,10 +35,12 @@ def prepare(config, workdir: pathlib.Path) -> str:
 
 def show_extractions(workdir: pathlib.Path, count: int) -> None:
     """Prints ``count`` test criteria with the entities and relations the model extracts."""
-    config, state, predict, encoder = evaluate.load_run(workdir)
+    config, state, predict, encoder = inference.load_run(workdir)
     examples = load_split(config, config.data.test_split, encoder, progress=False).examples
     chosen = [ex for ex in examples if len(ex.entities) >= 3][:count]
-    batcher = Batcher(chosen, config.data.bucket_boundaries, len(chosen) or 1, config.data.anchor)
+    batcher = Batcher(
+        chosen, config.data.bucket_boundaries, config.data.eval_batch_size, config.data.anchor
+    )
     schema = encoder.schema
     for planned in batcher.eval_plan():
         out = predict(state, batcher.build(planned))

@@ -94,10 +94,19 @@ def predict_step(state: TrainState, batch: dict):
 
 
 # ------------------------------------------------------------------------- construction
-def make_mesh(num_devices: int = 0) -> Mesh:
-    """A 1-D ``data`` mesh over the first ``num_devices`` devices (0 = all)."""
+def make_mesh(num_devices: int = 0, batch_sizes=()) -> Mesh:
+    """A 1-D ``data`` mesh over the first ``num_devices`` devices (0 = all).
+
+    Raises ValueError when a batch size in ``batch_sizes`` does not split evenly over it.
+    """
     devices = jax.devices()
     devices = devices[:num_devices] if num_devices else devices
+    for size in batch_sizes:
+        if size % len(devices):
+            raise ValueError(
+                f"batch size {size} does not split over {len(devices)} devices: set "
+                "--config.data.batch_size / eval_batch_size to a multiple, or --config.num_devices"
+            )
     return Mesh(np.array(devices), ("data",))
 
 
@@ -274,7 +283,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     bert, weights_dir = encoder_config(config)
     model = create_model(config, schema, bert)
-    mesh = make_mesh(config.num_devices)
+    mesh = make_mesh(config.num_devices, (data.batch_size, data.eval_batch_size))
     state = create_state(config, model, weights_dir, total_steps, mesh)
     train, predict = jit_steps(mesh, state)
     latest = checkpoint_manager(workdir / "checkpoints")

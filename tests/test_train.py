@@ -7,8 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jointre_jax import evaluate as evaluate_cli
-from jointre_jax import train
+from jointre_jax import inference, train
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split
 from jointre_jax.evaluation import Scorer
@@ -72,8 +71,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert [json.loads(x)["epoch"] for x in log] == [0, 1, 2, 3]
     for key in ("ner", "re_gs", "re_e2e"):
         assert resumed[key] == uninterrupted[key]
-    _, full_state, _, _ = evaluate_cli.load_run(tmp_path / "full")
-    _, resumed_state, _, _ = evaluate_cli.load_run(tmp_path / "killed")
+    _, full_state, _, _ = inference.load_run(tmp_path / "full")
+    _, resumed_state, _, _ = inference.load_run(tmp_path / "killed")
     for a, b in zip(
         jax.tree.leaves(full_state.params), jax.tree.leaves(resumed_state.params), strict=True
     ):
@@ -106,13 +105,13 @@ def test_evaluate_folder_matches_training_scores(tmp_path):
     config = tiny_train_config(tmp_path, epochs=15)
     trained = train.train_and_evaluate(config, tmp_path / "run")
     corpus = tmp_path / "corpus"
-    scores = evaluate_cli.evaluate_folder(
+    scores = inference.evaluate_folder(
         tmp_path / "run", corpus / "brat", corpus / "splits" / "train.txt"
     )
     for key in ("ner", "re_gs", "re_e2e"):
         assert scores[key]["f1"] == pytest.approx(trained[key]["f1"])
     assert scores["data"]["documents"] == 3
-    everything = evaluate_cli.evaluate_folder(tmp_path / "run", corpus / "brat")
+    everything = inference.evaluate_folder(tmp_path / "run", corpus / "brat")
     assert everything["data"]["documents"] == 4
 
 
