@@ -70,6 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.test_split = "test"
     # Use at most this many training examples (0 = all); for quick experiments.
     config.data.max_train_examples = 0
+    # Evaluate on at most this many dev and test examples (0 = all); for quick experiments.
+    config.data.max_eval_examples = 0
     # Maximum wordpieces per example, [CLS] and [SEP] included (paper: 128). Longer criteria
     # are split into windows that cut no entity, never truncated.
     config.data.max_length = 128

@@ -296,6 +296,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     step = int(state.step)
     log_path = workdir / "metrics.jsonl"
     start_epoch = step // steps_per_epoch
+    writer = _tensorboard(workdir, is_main)
     if is_main:  # keep the lines of the epochs the restored state has completed
         _truncate_log(log_path, start_epoch)
     if step == 0:  # the baseline the scores rise from
@@ -341,6 +342,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         }
         log.info("%s", record)
         _append_log(log_path, is_main, record)
+        if writer is not None:
+            for key, value in record.items():
+                if isinstance(value, float):
+                    writer.add_scalar(key, value, step)
+            writer.flush()
         save(latest, step, state, meta)
     test_data = load_split(config, config.data.test_split, encoder)
     test_batcher = Batcher(
@@ -354,6 +360,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if is_main:
         (workdir / "metrics.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def _tensorboard(workdir: pathlib.Path, is_main: bool):
+    """A tensorboardX SummaryWriter on ``workdir/tensorboard`` if installed (process 0)."""
+    if not is_main:
+        return None
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(workdir / "tensorboard"))
 
 
 def _truncate_log(path: pathlib.Path, completed_epochs: int) -> None:

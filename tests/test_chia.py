@@ -130,3 +130,25 @@ def test_report_cli_on_chia():
             assert entry[kind]["raw"] == entry[kind]["kept"] + sum(entry[kind]["dropped"].values())
         assert "Non-query-able" in entry["excluded"]["entities"]
         assert entry["padding"]["padding_waste"] < 0.2
+
+
+def test_tiny_training_run_on_chia_raises_scores(tmp_path):
+    """MiniLM on 128 Chia criteria for a few steps: dev (= those criteria) scores rise."""
+    from jointre_jax import train
+
+    config = minilm_m2.get_config()
+    config.data.dir, config.model.encoder = str(CHIA_DIR), str(MINILM_DIR)
+    config.data.max_train_examples = 128
+    config.data.eval_split = config.data.test_split = "train"
+    config.data.max_eval_examples = 64
+    config.data.bucket_boundaries = (32, 128)
+    config.data.batch_size = 8
+    config.num_epochs = 4
+    config.checkpoint_every_steps = 0
+    config.optim.learning_rate = 3e-4
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["epoch"] == 0 and lines[-1]["epoch"] == 4
+    assert max(x["dev_ner_f1"] for x in lines[1:]) > lines[0]["dev_ner_f1"] + 0.05
+    assert max(x["dev_re_gs_f1"] for x in lines[1:]) > lines[0]["dev_re_gs_f1"] + 0.02
+    assert results["ner"]["f1"] > lines[0]["dev_ner_f1"]

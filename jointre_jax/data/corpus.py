@@ -124,8 +124,9 @@ def load_split(
 ) -> SplitData:
     """Examples of ``split`` (e.g. "train") of the corpus at ``config.data.dir``.
 
-    ``config.data.max_train_examples`` (> 0) keeps only the first examples of the train split;
-    the accounting still describes every document read.
+    ``config.data.max_train_examples`` / ``max_eval_examples`` (> 0) keep only the first
+    examples of the train split / of the others; the accounting still describes every document
+    read.
     """
     encoder = encoder or make_encoder(config)
     data_dir = pathlib.Path(str(config.data.dir))
@@ -138,7 +139,8 @@ def load_split(
     ids = read_split_ids(split_file)
     paths = find_documents(data_dir / "brat", ids, split_file)
     examples, acc = encode_files(paths, encoder, split, progress)
-    limit = int(config.data.get("max_train_examples", 0) or 0)
-    if split == config.data.train_split and limit > 0:
+    field = "max_train_examples" if split == config.data.train_split else "max_eval_examples"
+    limit = int(config.data.get(field, 0) or 0)
+    if limit > 0:
         examples = examples[:limit]
     return SplitData(split, examples, acc, encoder.schema)

@@ -72,10 +72,14 @@ def _layer_norm(config: BertConfig, dtype, name: str = "LayerNorm") -> nn.LayerN
     return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, name=name)
 
 
-class BertEmbeddings(nn.Module):
+class _BertModule(nn.Module):
+    """Base of the encoder's submodules: the BERT config and the compute dtype."""
+
     config: BertConfig
     dtype: jnp.dtype = jnp.float32
 
+
+class BertEmbeddings(_BertModule):
     @nn.compact
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
         c, init = self.config, nn.initializers.normal(self.config.initializer_range)
@@ -89,10 +93,7 @@ class BertEmbeddings(nn.Module):
         return nn.Dropout(c.hidden_dropout_prob)(hidden, deterministic=deterministic)
 
 
-class BertSelfAttention(nn.Module):
-    config: BertConfig
-    dtype: jnp.dtype = jnp.float32
-
+class BertSelfAttention(_BertModule):
     @nn.compact
     def __call__(self, hidden, mask, deterministic: bool):
         c = self.config
@@ -113,10 +114,7 @@ class BertSelfAttention(nn.Module):
         return out.reshape(*hidden.shape[:-1], c.hidden_size)
 
 
-class BertAttention(nn.Module):
-    config: BertConfig
-    dtype: jnp.dtype = jnp.float32
-
+class BertAttention(_BertModule):
     @nn.compact
     def __call__(self, hidden, mask, deterministic: bool):
         c = self.config
@@ -124,11 +122,8 @@ class BertAttention(nn.Module):
         return BertSelfOutput(c, self.dtype, name="output")(attended, hidden, deterministic)
 
 
-class BertSelfOutput(nn.Module):
+class BertSelfOutput(_BertModule):
     """Dense + dropout + residual + LayerNorm (``attention/output`` and ``output``)."""
-
-    config: BertConfig
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, hidden, residual, deterministic: bool):
@@ -138,10 +133,7 @@ class BertSelfOutput(nn.Module):
         return _layer_norm(c, self.dtype)(hidden + residual)
 
 
-class BertIntermediate(nn.Module):
-    config: BertConfig
-    dtype: jnp.dtype = jnp.float32
-
+class BertIntermediate(_BertModule):
     @nn.compact
     def __call__(self, hidden):
         c = self.config
@@ -150,10 +142,7 @@ class BertIntermediate(nn.Module):
         )
 
 
-class BertLayer(nn.Module):
-    config: BertConfig
-    dtype: jnp.dtype = jnp.float32
-
+class BertLayer(_BertModule):
     @nn.compact
     def __call__(self, hidden, mask, deterministic: bool):
         c = self.config
@@ -162,10 +151,7 @@ class BertLayer(nn.Module):
         return BertSelfOutput(c, self.dtype, name="output")(inner, attended, deterministic)
 
 
-class BertLayerCollection(nn.Module):
-    config: BertConfig
-    dtype: jnp.dtype = jnp.float32
-
+class BertLayerCollection(_BertModule):
     @nn.compact
     def __call__(self, hidden, mask, deterministic: bool):
         for i in range(self.config.num_hidden_layers):
@@ -173,10 +159,7 @@ class BertLayerCollection(nn.Module):
         return hidden
 
 
-class BertEncoder(nn.Module):
-    config: BertConfig
-    dtype: jnp.dtype = jnp.float32
-
+class BertEncoder(_BertModule):
     @nn.compact
     def __call__(self, hidden, mask, deterministic: bool):
         return BertLayerCollection(self.config, self.dtype, name="layer")(
@@ -184,10 +167,7 @@ class BertEncoder(nn.Module):
         )
 
 
-class BertPooler(nn.Module):
-    config: BertConfig
-    dtype: jnp.dtype = jnp.float32
-
+class BertPooler(_BertModule):
     @nn.compact
     def __call__(self, hidden):
         return nn.tanh(
@@ -195,7 +175,7 @@ class BertPooler(nn.Module):
         )
 
 
-class BertModel(nn.Module):
+class BertModel(_BertModule):
     """BERT encoder.
 
     Call with input_ids int32 [B, L] and input_mask bool [B, L] (True = real token); returns
@@ -203,8 +183,6 @@ class BertModel(nn.Module):
     ``add_pooling_layer``).
     """
 
-    config: BertConfig
-    dtype: jnp.dtype = jnp.float32
     add_pooling_layer: bool = False
 
     @nn.compact
