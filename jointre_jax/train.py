@@ -183,6 +183,9 @@ def create_state(config, model: JointModel, weights_dir, total_steps: int, mesh:
         ner_weight=config.model.ner_loss_weight,
         re_weight=config.model.re_loss_weight,
     )
+    # A strict (not weak-typed) int32 step: restored checkpoints have one, and a weak-typed
+    # step would make jit compile every shape again after a restore.
+    state = state.replace(step=jnp.zeros((), jnp.int32))
     return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
 

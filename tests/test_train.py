@@ -99,6 +99,14 @@ def test_one_compile_per_length_bucket(tmp_path):
     for planned in batcher.eval_plan():
         predict_fn(state, batcher.build(planned))
     assert predict_fn._cache_size() == len({p.length for p in batcher.eval_plan()})
+    manager = train.checkpoint_manager(tmp_path / "ckpt")
+    train.save(manager, int(state.step), state, {})
+    restored, _ = train.restore(manager, state)
+    for planned in batcher.eval_plan():  # a restored state reuses every compiled shape
+        predict_fn(restored, batcher.build(planned))
+        restored, _ = train_fn(restored, batcher.build(planned), rng)
+    assert train_fn._cache_size() == len(lengths)
+    assert predict_fn._cache_size() == len({p.length for p in batcher.eval_plan()})
 
 
 def test_evaluate_folder_matches_training_scores(tmp_path):
