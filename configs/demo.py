@@ -1,7 +1,7 @@
 """`make demo`: a short training run that finishes in under 10 minutes on 2 CPU cores.
 
 With Chia and the MiniLM (../shared, or JOINTRE_DATA_DIR / JOINTRE_ENCODER): the joint re_m2
-model on the first 1,024 training criteria for 2 epochs. Without them: ``data.dir`` and
+model on the first 2,048 training criteria for 2 epochs. Without them: ``data.dir`` and
 ``model.encoder`` stay empty and ``jointre_jax.demo`` writes the project's own annotated sample
 and a small randomly initialised encoder into the workdir.
 """
@@ -17,7 +17,7 @@ def get_config():
     config.num_epochs = 2
     config.checkpoint_every_steps = 0
     config.optim.learning_rate = 2e-4
-    config.data.max_train_examples = 1024
+    config.data.max_train_examples = 2048
     # Fewer buckets, fewer compilations: compile time dominates a run this short.
     config.data.bucket_boundaries = (16, 32, 64, 128)
     if (
