@@ -144,7 +144,8 @@ def test_missing_annotation_file(tmp_path):
 def test_write_then_read_round_trip(tmp_path):
     text = "Edad ≥ 18\r\nno diabetes\r\n"
     entities = [("T1", "Value", [(5, 9)], "≥ 18"), ("T2", "Condition", [(14, 22)], "diabetes")]
-    write_document("rt", text, entities, [("R1", "Has_value", "T2", "T1")], tmp_path)
+    relations = [("R1", "Has_value", "T2", "T1")]
+    write_document("rt", text, entities, relations, tmp_path, [("OR", ("T1", "T2"))])
     doc = read_document(tmp_path / "rt.txt")
     assert doc.text == text
     assert {k: (e.type, e.fragments, e.text) for k, e in doc.entities.items()} == {
@@ -152,3 +153,4 @@ def test_write_then_read_round_trip(tmp_path):
         "T2": ("Condition", ((14, 22),), "diabetes"),
     }
     assert [(r.arg1, r.arg2) for r in doc.relations] == [("T2", "T1")]
+    assert [(g.type, g.members) for g in doc.groups] == [("OR", ("T1", "T2"))]

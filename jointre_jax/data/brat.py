@@ -325,12 +325,13 @@ def read_document(
     return doc
 
 
-def write_document(doc_id: str, text: str, entities, relations, out_dir) -> pathlib.Path:
+def write_document(doc_id: str, text: str, entities, relations, out_dir, groups=()) -> pathlib.Path:
     """Writes ``out_dir/doc_id.txt`` and ``.ann`` (BRAT); returns the ``.ann`` path.
 
     Args:
       entities: iterable of (id, type, fragments, mention) with fragments [(start, end)].
       relations: iterable of (id, type, arg1_id, arg2_id).
+      groups: iterable of (type, member ids), written as ``*`` lines (e.g. OR groups).
     """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -341,6 +342,8 @@ def write_document(doc_id: str, text: str, entities, relations, out_dir) -> path
         lines.append(f"{ann_id}\t{ent_type} {offsets}\t{mention}")
     for ann_id, rel_type, arg1, arg2 in relations:
         lines.append(f"{ann_id}\t{rel_type} Arg1:{arg1} Arg2:{arg2}")
+    for group_type, members in groups:
+        lines.append(f"*\t{group_type} {' '.join(members)}")
     ann_path = out_dir / f"{doc_id}.ann"
     ann_path.write_bytes(("\n".join(lines) + "\n" if lines else "").encode("utf-8"))
     return ann_path

@@ -69,14 +69,9 @@ def write_sample_corpus(out_dir: str | pathlib.Path) -> pathlib.Path:
             text += criterion + "\r\n"
             offset = len(text)
         # OR relations are written as BRAT '*' groups, as Chia does.
-        groups = [r for r in relations if r[1] == "OR"]
-        write_document(
-            doc_id, text, entities, [r for r in relations if r[1] != "OR"], out_dir / "brat"
-        )
-        if groups:
-            with (out_dir / "brat" / f"{doc_id}.ann").open("a", encoding="utf-8") as f:
-                for _, _, head, tail in groups:
-                    f.write(f"*\tOR {head} {tail}\n")
+        groups = [("OR", (head, tail)) for _, kind, head, tail in relations if kind == "OR"]
+        binary = [r for r in relations if r[1] != "OR"]
+        write_document(doc_id, text, entities, binary, out_dir / "brat", groups)
     (out_dir / "splits").mkdir(parents=True, exist_ok=True)
     for split, trials in SPLITS.items():
         (out_dir / "splits" / f"{split}.txt").write_text("\n".join(trials) + "\n")
