@@ -3,10 +3,8 @@
 Four fake CPU devices are set before JAX is imported anywhere, so sharding tests see a mesh.
 """
 
-import json
 import os
 import pathlib
-import string
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -20,6 +18,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 import pytest  # noqa: E402
 
 from configs import default  # noqa: E402
+from jointre_jax.data.sample import wordpiece_vocab, write_encoder_dir  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED = pathlib.Path(os.environ.get("JOINTRE_SHARED", REPO.parent / "shared"))
@@ -40,14 +39,15 @@ _WORDS = (
 ).split()
 
 
-def write_vocab(path: pathlib.Path) -> pathlib.Path:
-    """Writes a small uncased WordPiece vocab that can tokenize any ASCII text."""
-    chars = string.ascii_lowercase + string.digits + string.punctuation
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens += list(chars) + [f"##{c}" for c in chars] + ["é", "≥", "ñ", "##é", "##ñ"]
-    tokens += [w for w in dict.fromkeys(_WORDS) if w not in tokens]
-    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return path
+# A 2-layer, 32-wide BERT: random weights, for fast training tests (config.model.pretrained=False).
+TINY_BERT = {
+    "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "intermediate_size": 64, "max_position_embeddings": 128, "type_vocab_size": 2,
+}  # fmt: skip
+
+
+# Encodable beyond ASCII: the Unicode tests use these.
+TEST_VOCAB = wordpiece_vocab(["é", "≥", "ñ", "##é", "##ñ", *_WORDS])
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +55,8 @@ def tiny_tokenizer(tmp_path_factory):
     """A fast uncased BERT tokenizer built offline from a tiny vocab."""
     from transformers import BertTokenizerFast
 
-    vocab = write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt")
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    encoder = write_encoder_dir(tmp_path_factory.mktemp("encoder"), TEST_VOCAB, TINY_BERT)
+    return BertTokenizerFast(vocab_file=str(encoder / "vocab.txt"), do_lower_case=True)
 
 
 def write_brat(folder: pathlib.Path, name: str, text: str, ann: str, crlf: bool = False):
@@ -77,13 +77,6 @@ def t_line(ann_id, ent_type, text, start, end=None, mention=None):
         end = start + len(mention_text)
     mention = text[start:end] if mention is None else mention
     return f"{ann_id}\t{ent_type} {start} {end}\t{mention}"
-
-
-# A 2-layer, 32-wide BERT: random weights, for fast training tests (config.model.pretrained=False).
-TINY_BERT = {
-    "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "intermediate_size": 64, "max_position_embeddings": 128, "type_vocab_size": 2,
-}  # fmt: skip
 
 
 def tiny_corpus(root):
@@ -129,14 +122,7 @@ def tiny_corpus(root):
     (splits / "train.txt").write_text("NCT1\nNCT3\n")
     (splits / "dev.txt").write_text("NCT2\n")
     (splits / "test.txt").write_text("NCT2_inc\n")
-    encoder = root / "encoder"
-    encoder.mkdir()
-    write_vocab(encoder / "vocab.txt")
-    (encoder / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True})
-    )
-    vocab_size = len((encoder / "vocab.txt").read_text(encoding="utf-8").split("\n")) - 1
-    (encoder / "config.json").write_text(json.dumps(TINY_BERT | {"vocab_size": vocab_size}))
+    encoder = write_encoder_dir(root / "encoder", TEST_VOCAB, TINY_BERT)
     config = default.get_config()
     config.data.dir = str(root / "corpus")
     config.model.encoder = str(encoder)

@@ -78,18 +78,30 @@ def write_sample_corpus(out_dir: str | pathlib.Path) -> pathlib.Path:
     return out_dir
 
 
-def write_tiny_encoder(out_dir: str | pathlib.Path, corpus_dir: str | pathlib.Path) -> pathlib.Path:
-    """Writes vocab.txt (lower-cased corpus words, characters), tokenizer and model configs."""
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    words = set()
-    for path in sorted(pathlib.Path(corpus_dir, "brat").glob("*.txt")):
-        words |= set(re.findall(r"[a-z0-9]+", path.read_text(encoding="utf-8").lower()))
+def wordpiece_vocab(words) -> list[str]:
+    """A WordPiece vocab that tokenizes any ASCII text: special tokens, ASCII characters and
+    their ``##`` continuations, then ``words`` in the order given (each once)."""
     chars = string.ascii_lowercase + string.digits + string.punctuation
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
-    vocab += sorted(words - set(vocab))
+    known = set(vocab)
+    return vocab + [w for w in dict.fromkeys(words) if w not in known]
+
+
+def write_encoder_dir(out_dir: str | pathlib.Path, vocab: list[str], model_config: dict):
+    """Writes an uncased BERT encoder directory: vocab.txt, tokenizer_config.json and the
+    config.json of ``model_config`` (``vocab_size`` filled in). Returns the directory."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = {"tokenizer_class": "BertTokenizer", "do_lower_case": True}
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer))
-    (out_dir / "config.json").write_text(json.dumps(TINY_ENCODER | {"vocab_size": len(vocab)}))
+    (out_dir / "config.json").write_text(json.dumps(model_config | {"vocab_size": len(vocab)}))
     return out_dir
+
+
+def write_tiny_encoder(out_dir: str | pathlib.Path, corpus_dir: str | pathlib.Path) -> pathlib.Path:
+    """Writes the demo encoder: the corpus' lower-cased words in the vocab, TINY_ENCODER."""
+    words = set()
+    for path in sorted(pathlib.Path(corpus_dir, "brat").glob("*.txt")):
+        words |= set(re.findall(r"[a-z0-9]+", path.read_text(encoding="utf-8").lower()))
+    return write_encoder_dir(out_dir, wordpiece_vocab(sorted(words)), TINY_ENCODER)
