@@ -10,7 +10,6 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jointre_jax import inference, train
-from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split
 from jointre_jax.data.sample import write_sample_corpus, write_tiny_encoder
 from jointre_jax.evaluation import decode_example
@@ -38,27 +37,20 @@ def show_extractions(workdir: pathlib.Path, count: int) -> None:
     config, state, predict, encoder = inference.load_run(workdir)
     examples = load_split(config, config.data.test_split, encoder, progress=False).examples
     chosen = [ex for ex in examples if len(ex.entities) >= 3][:count]
-    batcher = Batcher(
-        chosen, config.data.bucket_boundaries, config.data.eval_batch_size, config.data.anchor
-    )
     schema = encoder.schema
-    for planned in batcher.eval_plan():
-        out = predict(state, batcher.build(planned))
-        for row, index in enumerate(planned.indices):
-            if index < 0:
-                continue
-            example = chosen[index]
-            tags = out["ner_tags"][row]
-            rels = (out["re_labels"][row], out["re_probs"][row]) if "re_labels" in out else None
-            entities, relations = decode_example(example, tags, rels, config.data.anchor)
-            print(f"\n  {example.text}")
-            for e in entities:
-                mention = example.text[e.char_start : e.char_end]
-                print(f"    [{schema.entity_types[e.label]}] {mention}")
-            for h, t, label, score in relations:
-                head = example.text[entities[h].char_start : entities[h].char_end]
-                tail = example.text[entities[t].char_start : entities[t].char_end]
-                print(f"    {schema.relation_labels[label]}({head} -> {tail})  p={score:.2f}")
+    for index, tags, rels in train.predictions(
+        predict, state, train.eval_batcher(config, chosen), None
+    ):
+        example = chosen[index]
+        entities, relations = decode_example(example, tags, rels, config.data.anchor)
+        print(f"\n  {example.text}")
+        for e in entities:
+            mention = example.text[e.char_start : e.char_end]
+            print(f"    [{schema.entity_types[e.label]}] {mention}")
+        for h, t, label, score in relations:
+            head = example.text[entities[h].char_start : entities[h].char_end]
+            tail = example.text[entities[t].char_start : entities[t].char_end]
+            print(f"    {schema.relation_labels[label]}({head} -> {tail})  p={score:.2f}")
 
 
 def main(argv):

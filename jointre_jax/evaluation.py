@@ -53,13 +53,16 @@ def decode_example(example: Example, tags: np.ndarray, relations_out=None, ancho
     """Entities and relations predicted for one example.
 
     Args:
-      tags: int [L] predicted BIO tag ids (padded length L >= example.length).
+      tags: int [L] predicted BIO tag ids (padded length L >= example.length), or None for a
+        model without NER: the example's gold entities are then the predicted ones.
       relations_out: None, or (labels int [L, L] best relation label of each anchor pair,
         probs float [L, L] its probability).
     Returns:
       (entities: list[PredictedEntity], relations: list[(head index, tail index, label, score)])
       where a relation is kept when its best label is not "none" (0).
     """
+    if tags is None:
+        tags = example.ner_tags
     entities = [
         PredictedEntity(s, e, k, int(example.offsets[s][0]), int(example.offsets[e - 1][1]))
         for s, e, k in bio_to_spans(tags, example.length)
@@ -146,8 +149,6 @@ class Scorer:
         ``tags``: int [L] predicted BIO ids, or None for a model without NER (gold entities
         are then used as the predicted ones). ``relations_out``: (labels [L, L], probs [L, L]).
         """
-        if tags is None:
-            tags = example.ner_tags
         entities, relations = decode_example(example, tags, relations_out, self.anchor)
         name = lambda label: self.entity_types[label]  # noqa: E731
         rel_name = lambda label: self.relation_labels[label]  # noqa: E731

@@ -8,7 +8,6 @@ import pathlib
 import ml_collections
 
 from jointre_jax import train
-from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import encode_files, find_documents, make_encoder, read_split_ids
 
 
@@ -42,9 +41,7 @@ def evaluate_folder(workdir, brat_dir, split_file=None) -> dict:
     ids = read_split_ids(split_file) if split_file else None
     paths = find_documents(brat_dir, ids, split_file)
     examples, accounting = encode_files(paths, encoder, "eval")
-    batcher = Batcher(
-        examples, config.data.bucket_boundaries, config.data.eval_batch_size, config.data.anchor
-    )
+    batcher = train.eval_batcher(config, examples)
     results = train.evaluate(predict, state, batcher, encoder.schema, config.data.anchor)
     results["data"] = accounting.to_dict()
     return results

@@ -207,18 +207,39 @@ def jit_steps(mesh: Mesh, state):
 
 
 # ---------------------------------------------------------------------------- evaluation
-def evaluate(predict, state, batcher: Batcher, schema, anchor: str, desc: str = "eval") -> dict:
-    """Scores of ``state`` on every example of ``batcher`` (see evaluation.Scorer)."""
-    scorer = Scorer(schema.entity_types, schema.relation_labels, anchor)
-    for planned in tqdm(batcher.eval_plan(), desc=desc, leave=False):
+def eval_batcher(config, examples) -> Batcher:
+    """Batcher of ``examples`` for evaluation and prediction (``data.eval_batch_size``)."""
+    data = config.data
+    return Batcher(examples, data.bucket_boundaries, data.eval_batch_size, data.anchor)
+
+
+def predictions(predict, state, batcher: Batcher, desc: str | None = "eval"):
+    """Predictions for every example of ``batcher``, in its evaluation plan's order.
+
+    Yields (example index, tags int [L] or None without NER, (re_labels [L, L], re_probs
+    [L, L]) or None without RE); filler rows are skipped. ``desc`` None hides the progress bar.
+    """
+    for planned in tqdm(batcher.eval_plan(), desc=desc, leave=False, disable=desc is None):
         out = jax.device_get(predict(state, batcher.build(planned)))
         for row, index in enumerate(planned.indices):
             if index < 0:
                 continue
             tags = out["ner_tags"][row] if "ner_tags" in out else None
             rels = (out["re_labels"][row], out["re_probs"][row]) if "re_labels" in out else None
-            scorer.add(int(index), batcher.examples[index], tags, rels)
+            yield int(index), tags, rels
+
+
+def evaluate(predict, state, batcher: Batcher, schema, anchor: str, desc: str = "eval") -> dict:
+    """Scores of ``state`` on every example of ``batcher`` (see evaluation.Scorer)."""
+    scorer = Scorer(schema.entity_types, schema.relation_labels, anchor)
+    for index, tags, rels in predictions(predict, state, batcher, desc):
+        scorer.add(index, batcher.examples[index], tags, rels)
     return scorer.results()
+
+
+def _dev_f1s(results: dict) -> dict:
+    """The per-epoch log's F1 fields of dev ``results``."""
+    return {f"dev_{k}_f1": results[k]["f1"] for k in ("ner", "re_gs", "re_e2e")}
 
 
 def best_metric_name(config) -> str:
@@ -278,9 +299,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     batcher = Batcher(
         train_data.examples, data.bucket_boundaries, data.batch_size, data.anchor, config.seed
     )
-    dev_batcher = Batcher(
-        dev_data.examples, data.bucket_boundaries, data.eval_batch_size, data.anchor
-    )
+    dev_batcher = eval_batcher(config, dev_data.examples)
     steps_per_epoch = batcher.steps_per_epoch()
     total_steps = steps_per_epoch * config.num_epochs
 
@@ -304,10 +323,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         _truncate_log(log_path, start_epoch)
     if step == 0:  # the baseline the scores rise from
         initial = evaluate(predict, state, dev_batcher, schema, data.anchor, "dev (initial)")
-        _append_log(log_path, is_main, {
-            "epoch": 0, "step": 0,
-            **{f"dev_{k}_f1": initial[k]["f1"] for k in ("ner", "re_gs", "re_e2e")},
-        })  # fmt: skip
+        _append_log(log_path, is_main, {"epoch": 0, "step": 0, **_dev_f1s(initial)})
     for epoch in range(start_epoch, config.num_epochs):
         plan = batcher.epoch_plan(epoch)
         offset = step - epoch * steps_per_epoch
@@ -340,7 +356,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             "seconds": round(time.time() - started, 1),
             "train_ner_loss": sums["ner_loss_sum"] / max(sums["ner_tokens"], 1),
             "train_re_loss": sums["re_loss_sum"] / max(sums["re_pairs"], 1),
-            **{f"dev_{k}_f1": dev[k]["f1"] for k in ("ner", "re_gs", "re_e2e")},
+            **_dev_f1s(dev),
             "best_epoch": meta["best_epoch"],
         }
         log.info("%s", record)
@@ -352,9 +368,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             writer.flush()
         save(latest, step, state, meta)
     test_data = load_split(config, config.data.test_split, encoder)
-    test_batcher = Batcher(
-        test_data.examples, data.bucket_boundaries, data.eval_batch_size, data.anchor
-    )
+    test_batcher = eval_batcher(config, test_data.examples)
     if best.latest_step() is not None:
         state, meta = restore(best, state)
     results = evaluate(predict, state, test_batcher, schema, data.anchor, "test")
