@@ -56,8 +56,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.best_metric = ""
     # Save a resumable checkpoint every this many steps (0: only at the end of each epoch).
     config.checkpoint_every_steps = 200
-    # Devices of the data-parallel mesh (0 = all local devices).
+    # Devices of the mesh (0 = every device of every process; must be 0 with several processes).
     config.num_devices = 0
+
+    # ------------------------------------------------------------ sharding
+    config.sharding = ml_collections.ConfigDict()
+    # Devices per FSDP group: parameters and optimiser state of at least fsdp_min_size elements
+    # are split over this many devices along their largest divisible dimension (1 = pure data
+    # parallelism: state replicated). Batches are always split over every device.
+    config.sharding.fsdp = 1
+    # Arrays with fewer elements stay replicated under FSDP (biases, LayerNorm scales).
+    config.sharding.fsdp_min_size = 4096
 
     # ---------------------------------------------------------------- data
     config.data = ml_collections.ConfigDict()

@@ -1,8 +1,9 @@
 """Training and evaluation loop: ``train_and_evaluate(config, workdir)``.
 
 * ``train_step(state, batch, rng)`` is pure and module-level, jitted once per length bucket with
-  explicit shardings (batch split over the ``data`` mesh axis, state replicated) and
-  ``donate_argnums=0``; dropout keys are ``fold_in(rng, state.step)``.
+  explicit shardings (batch split over every device; state replicated, or FSDP-sharded with
+  ``config.sharding.fsdp`` > 1, see :mod:`jointre_jax.parallel`) and ``donate_argnums=0``;
+  dropout keys are ``fold_in(rng, state.step)``.
 * AdamW with linear warmup and linear decay, global-norm gradient clipping.
 * Every epoch: dev evaluation, the best parameters kept by ``config.best_metric``, a line in
   ``workdir/metrics.jsonl``. At the end: test scores of the best parameters in
@@ -26,9 +27,10 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from jointre_jax import parallel
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.evaluation import Scorer
@@ -56,7 +58,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array):
 
     Args:
       state: the TrainState (donated).
-      batch: arrays of ``data.batching`` for the global batch [B, L] (sharded over ``data``).
+      batch: arrays of ``data.batching`` for the global batch [B, L] (rows split over every device).
       rng: the run's base key; the step's dropout key is ``fold_in(rng, state.step)``.
     Returns:
       (new state, metrics: dict of scalar sums ``ner_loss_sum``, ``ner_tokens``,
@@ -94,20 +96,13 @@ def predict_step(state: TrainState, batch: dict):
 
 
 # ------------------------------------------------------------------------- construction
-def make_mesh(num_devices: int = 0, batch_sizes=()) -> Mesh:
-    """A 1-D ``data`` mesh over the first ``num_devices`` devices (0 = all).
-
-    Raises ValueError when a batch size in ``batch_sizes`` does not split evenly over it.
-    """
-    devices = jax.devices()
-    devices = devices[:num_devices] if num_devices else devices
-    for size in batch_sizes:
-        if size % len(devices):
-            raise ValueError(
-                f"batch size {size} does not split over {len(devices)} devices: set "
-                "--config.data.batch_size / eval_batch_size to a multiple, or --config.num_devices"
-            )
-    return Mesh(np.array(devices), ("data",))
+def make_mesh(config) -> Mesh:
+    """The ``(data, fsdp)`` device mesh of ``config`` (see :mod:`jointre_jax.parallel`)."""
+    return parallel.make_mesh(
+        config.num_devices,
+        config.sharding.fsdp,
+        (config.data.batch_size, config.data.eval_batch_size),
+    )
 
 
 def encoder_config(config) -> tuple[BertConfig, pathlib.Path | None]:
@@ -164,36 +159,63 @@ def dummy_batch(length: int = 8, rows: int = 1) -> dict:
 
 
 def create_state(config, model: JointModel, weights_dir, total_steps: int, mesh: Mesh):
-    """TrainState with pre-trained encoder weights merged, placed replicated on ``mesh``."""
-    params = jax.jit(lambda key: model.init(key, dummy_batch())["params"])(
-        jax.random.key(config.seed)
-    )
-    params = jax.device_get(params)
+    """TrainState with pre-trained encoder weights merged, created directly on its shardings.
+
+    Fresh parameters and the optimiser state are initialised by a jitted function whose
+    outputs carry the shardings of :func:`parallel.state_shardings`, so no device ever holds
+    an array it does not own; pre-trained weights are placed shard by shard.
+    """
+    tx = create_optimizer(config, total_steps)
+    key = jax.random.key(config.seed)
+
+    def init_params(rng):
+        return model.init(rng, dummy_batch())["params"]
+
+    def new_state(params):
+        state = TrainState.create(
+            apply_fn=model.apply,
+            params=params,
+            tx=tx,
+            negative_sampling=config.model.negative_sampling,
+            anchor=config.data.anchor,
+            label_source=config.model.train_label_source,
+            ner_weight=config.model.ner_loss_weight,
+            re_weight=config.model.re_loss_weight,
+        )
+        # A strict (not weak-typed) int32 step: restored checkpoints have one, and a weak-typed
+        # step would make jit compile every shape again after a restore.
+        return state.replace(step=jnp.zeros((), jnp.int32))
+
+    abstract_params = jax.eval_shape(init_params, key)
+    abstract_state = jax.eval_shape(new_state, abstract_params)
+    shardings = parallel.state_shardings(abstract_state, mesh, config.sharding.fsdp_min_size)
+    params = jax.jit(init_params, out_shardings=shardings.params)(key)
     if weights_dir is not None:
         weights = load_weights(weights_dir)
+        merged = abstract_params
         for prefix in model.encoder_prefixes():
-            params = merge_pretrained(params, weights, prefix)
-    state = TrainState.create(
-        apply_fn=model.apply,
-        params=params,
-        tx=create_optimizer(config, total_steps),
-        negative_sampling=config.model.negative_sampling,
-        anchor=config.data.anchor,
-        label_source=config.model.train_label_source,
-        ner_weight=config.model.ner_loss_weight,
-        re_weight=config.model.re_loss_weight,
-    )
-    # A strict (not weak-typed) int32 step: restored checkpoints have one, and a weak-typed
-    # step would make jit compile every shape again after a restore.
-    state = state.replace(step=jnp.zeros((), jnp.int32))
-    return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+            merged = merge_pretrained(merged, weights, prefix)
+        params = jax.tree.map(
+            lambda new, fresh, sharding: (
+                parallel.put_global(new, sharding) if isinstance(new, np.ndarray) else fresh
+            ),
+            merged,
+            params,
+            shardings.params,
+        )
+    return jax.jit(new_state, out_shardings=shardings)(params)
 
 
 def jit_steps(mesh: Mesh, state):
-    """(train_step, predict_step) jitted with explicit shardings on ``mesh``."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    state_sharding = jax.tree.map(lambda _: replicated, state)
+    """(train_step, predict_step) jitted with explicit shardings on ``mesh``.
+
+    The state keeps the shardings it was created with (replicated, or FSDP-split); batches are
+    split over every device; metrics and predictions come back replicated, so every process
+    can read them.
+    """
+    replicated = parallel.replicated(mesh)
+    batch_sharding = parallel.batch_sharding(mesh)
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
     train = jax.jit(
         train_step,
         in_shardings=(state_sharding, batch_sharding, replicated),
@@ -201,9 +223,20 @@ def jit_steps(mesh: Mesh, state):
         donate_argnums=0,
     )
     predict = jax.jit(
-        predict_step, in_shardings=(state_sharding, batch_sharding), out_shardings=batch_sharding
+        predict_step, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated
     )
     return train, predict
+
+
+def state_mesh(state) -> Mesh:
+    """The mesh that ``state``'s arrays live on."""
+    return jax.tree.leaves(state.params)[0].sharding.mesh
+
+
+def host_rows(batcher: Batcher, planned) -> dict:
+    """This process's rows of a planned batch (numpy)."""
+    rows = batcher.local_rows(jax.process_index(), jax.process_count())
+    return batcher.build(planned, rows)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -219,8 +252,10 @@ def predictions(predict, state, batcher: Batcher, desc: str | None = "eval"):
     Yields (example index, tags int [L] or None without NER, (re_labels [L, L], re_probs
     [L, L]) or None without RE); filler rows are skipped. ``desc`` None hides the progress bar.
     """
+    sharding = parallel.batch_sharding(state_mesh(state))
     for planned in tqdm(batcher.eval_plan(), desc=desc, leave=False, disable=desc is None):
-        out = jax.device_get(predict(state, batcher.build(planned)))
+        batch = parallel.global_batch(host_rows(batcher, planned), sharding)
+        out = jax.device_get(predict(state, batch))
         for row, index in enumerate(planned.indices):
             if index < 0:
                 continue
@@ -305,9 +340,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     bert, weights_dir = encoder_config(config)
     model = create_model(config, schema, bert)
-    mesh = make_mesh(config.num_devices, (data.batch_size, data.eval_batch_size))
+    mesh = make_mesh(config)
+    log.info("%s", parallel.describe(mesh))
     state = create_state(config, model, weights_dir, total_steps, mesh)
     train, predict = jit_steps(mesh, state)
+    sharding = parallel.batch_sharding(mesh)
     latest = checkpoint_manager(workdir / "checkpoints")
     best = checkpoint_manager(workdir / "best")
     meta = {"best_metric": None, "best_epoch": None}
@@ -334,7 +371,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             total=steps_per_epoch, initial=offset, desc=f"epoch {epoch + 1}/{config.num_epochs}"
         )
         for host_batch in batcher.iterate(plan, jax.process_index(), jax.process_count(), offset):
-            state, metrics = train(state, host_batch, rng)
+            state, metrics = train(state, parallel.global_batch(host_batch, sharding), rng)
             if pending is not None:
                 _accumulate(sums, pending, bar)
             pending = metrics

@@ -85,7 +85,7 @@ def test_one_compile_per_length_bucket(tmp_path):
     batcher = Batcher(data.examples, (8, 16, 32, 128), 4)
     bert, _ = train.encoder_config(config)
     model = train.create_model(config, data.schema, bert)
-    mesh = train.make_mesh()
+    mesh = train.make_mesh(config)
     state = train.create_state(config, model, None, 10, mesh)
     train_fn, predict_fn = train.jit_steps(mesh, state)
     rng = jax.random.key(0)

@@ -1,0 +1,364 @@
+"""Training and inference throughput of the joint model: JAX vs the PyTorch reference, and
+length-bucketed vs fixed-length batches, measured side by side in one run.
+
+    python -m benchmarks.throughput --config=configs/minilm_m2.py --json=FILE [--train_batches=N]
+        [--infer_batches=N] [--rounds=R] [--encoder_size=config|base] [--skip_torch]
+
+Batches are drawn at random (fixed seed) from the real training epoch plan of the config's
+training split, so their length mix is the corpus's. Each side first runs every batch once
+(compilation, warm-up), then the timed passes alternate JAX, PyTorch, JAX, PyTorch, ... and the
+fastest pass of each side counts. Both sides use the same batches, the same model (see
+benchmarks/torch_reference.py and its test) and the same number of CPU threads.
+
+The JSON holds ``train`` and ``infer`` (sentences/s, steps/s, real tokens/s for each side and
+``jax_over_torch``, the ratio of sentences/s), ``bucketing`` (real-token fraction of the whole
+epoch, sentences/s of the same batches bucketed and padded to the longest bucket, ``speedup``),
+``compile`` (seconds and number of compiled shapes), ``memory``, ``flops`` (model FLOPs of the
+matmuls, and MFU on a GPU whose peak is known), and the machine and versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import resource
+import shutil
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from jointre_jax import parallel, train
+from jointre_jax.data.batching import Batcher, PlannedBatch, padding_stats
+from jointre_jax.data.corpus import load_split, make_encoder
+from jointre_jax.model.bert import BertConfig
+from jointre_jax.model.pretrained import resolve_encoder
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+_JSON = flags.DEFINE_string("json", None, "Write the results to this JSON file.")
+_TRAIN_BATCHES = flags.DEFINE_integer("train_batches", 12, "Training batches per timed pass.")
+_INFER_BATCHES = flags.DEFINE_integer("infer_batches", 16, "Inference batches per timed pass.")
+_ROUNDS = flags.DEFINE_integer("rounds", 2, "Timed passes per side (the fastest counts).")
+_THREADS = flags.DEFINE_integer("threads", 0, "PyTorch intra-op threads (0 = CPU count).")
+_ENCODER_SIZE = flags.DEFINE_enum(
+    "encoder_size", "config", ["config", "base"],
+    "config: the config's encoder; base: a BERT-base shaped encoder (random weights, the "
+    "config encoder's vocabulary), for GPU figures without a hub download.",
+)  # fmt: skip
+_SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Time JAX only.")
+_FIXED = flags.DEFINE_bool("fixed", True, "Also time the same batches padded to full length.")
+
+# Dense bf16 peak FLOP/s of known accelerators, for MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+def matmul_flops(bert: BertConfig, lengths, rows: int, config, train_step: bool) -> float:
+    """Model FLOPs of the matmuls of one pass over batches of ``rows`` x ``lengths[i]``.
+
+    Counts the encoder's projections, feed-forward and attention products, the NER layer, the
+    head/tail layers and the pair scorer; a training step counts 3x the forward pass.
+    Embedding lookups, softmax and layer norms are not counted.
+    """
+    h, inner, layers = bert.hidden_size, bert.intermediate_size, bert.num_hidden_layers
+    d = config.model.pair_hidden_dim
+    feats = h + config.model.ner_label_embedding_dim
+    relations = len(config.data.relation_types) + 1
+    tags = 2 * len(config.data.entity_types) + 1
+    total = 0.0
+    for length in lengths:
+        tokens = rows * length
+        encoder = layers * (2 * tokens * (4 * h * h + 2 * h * inner) + 4 * rows * length**2 * h)
+        heads = 2 * tokens * h * tags + 2 * 2 * tokens * feats * d
+        if config.model.re_option == "m1":
+            pairs = 2 * 2 * tokens * d * relations
+        else:  # contraction order of the einsum: (h U) first, then with t
+            pairs = 2 * tokens * d * d * relations + 2 * rows * length**2 * d * relations
+        total += encoder + heads + pairs
+    return total * (3 if train_step else 1)
+
+
+def base_encoder_dir(config) -> pathlib.Path:
+    """A temporary encoder directory: BERT-base's shape with the config encoder's vocabulary."""
+    source = resolve_encoder(str(config.model.encoder))
+    target = pathlib.Path(tempfile.mkdtemp(prefix="bert_base_"))
+    for path in source.iterdir():
+        if path.suffix in (".txt", ".json") and path.name != "config.json":
+            shutil.copy(path, target / path.name)
+    vocab = json.loads((source / "config.json").read_text())["vocab_size"]
+    fields = dataclasses.asdict(BertConfig(vocab_size=vocab))
+    (target / "config.json").write_text(json.dumps({"model_type": "bert", **fields}))
+    return target
+
+
+def sample_batches(batcher: Batcher, plan, count: int, seed: int = 0) -> list[PlannedBatch]:
+    """``count`` batches drawn without replacement from ``plan`` (all full batches)."""
+    full = [p for p in plan if (p.indices >= 0).all()]
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(full), size=min(count, len(full)), replace=False)
+    return [full[i] for i in sorted(chosen)]
+
+
+def _rate(batches, seconds: float, real_tokens: int) -> dict:
+    rows = sum(int((b["row_mask"]).sum()) for b in batches)
+    return {
+        "seconds": seconds,
+        "steps_per_s": len(batches) / seconds,
+        "sentences_per_s": rows / seconds,
+        "real_tokens_per_s": real_tokens / seconds,
+    }
+
+
+class JaxSide:
+    """The jitted train and predict steps of the config's model on all local devices."""
+
+    def __init__(self, config, schema, bert, weights_dir):
+        self.model = train.create_model(config, schema, bert)
+        self.mesh = train.make_mesh(config)
+        self.initial = train.create_state(config, self.model, weights_dir, 10_000, self.mesh)
+        self.train_fn, self.predict_fn = train.jit_steps(self.mesh, self.initial)
+        self.sharding = parallel.batch_sharding(self.mesh)
+        self.rng = jax.random.key(0)
+        self.state = None
+
+    def params_copy(self):
+        return jax.tree.map(lambda x: x.copy(), self.initial)
+
+    def train_pass(self, batches) -> float:
+        state = self.state if self.state is not None else self.params_copy()
+        start = time.perf_counter()
+        for batch in batches:
+            state, metrics = self.train_fn(
+                state, parallel.global_batch(batch, self.sharding), self.rng
+            )
+        jax.block_until_ready((state, metrics))
+        self.state = state
+        return time.perf_counter() - start
+
+    def infer_pass(self, batches) -> float:
+        start = time.perf_counter()
+        for batch in batches:
+            out = self.predict_fn(self.initial, parallel.global_batch(batch, self.sharding))
+            jax.device_get(out)  # predictions reach the host, as extraction needs them
+        return time.perf_counter() - start
+
+
+class TorchSide:
+    """The PyTorch reference with the same initial parameters, AdamW like optax's."""
+
+    def __init__(self, config, schema, bert, jax_params, threads: int):
+        import torch
+
+        from benchmarks import torch_reference as ref
+
+        torch.set_num_threads(threads)
+        self.torch, self.ref = torch, ref
+        self.model = ref.TorchJointModel(
+            ref.bert_config(bert), schema.num_bio_tags, schema.num_relation_labels,
+            config.model.re_option, config.model.ner_label_embedding_dim,
+            config.model.pair_hidden_dim, config.model.dropout_rate,
+        )  # fmt: skip
+        ref.load_flax_params(self.model, jax_params)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.optim.learning_rate,
+            weight_decay=config.optim.weight_decay,
+        )  # fmt: skip
+        self.clip = config.optim.grad_clip_norm
+
+    def train_pass(self, batches) -> float:
+        self.model.train()
+        start = time.perf_counter()
+        for batch in batches:
+            batch = self.ref.to_torch(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.ref.joint_loss(*self.model(batch, "gold"), batch)
+            loss.backward()
+            self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+            self.optimizer.step()
+        return time.perf_counter() - start
+
+    def infer_pass(self, batches) -> float:
+        self.model.eval()
+        start = time.perf_counter()
+        with self.torch.inference_mode():
+            for batch in batches:
+                ner_logits, re_logits = self.model(self.ref.to_torch(batch), "predicted")
+                ner_logits.argmax(-1).numpy()
+                probs = re_logits.softmax(-1)
+                probs.max(-1).values.numpy(), probs.argmax(-1).numpy()
+        return time.perf_counter() - start
+
+
+def _fastest(side_passes: dict, rounds: int) -> dict:
+    """Runs the passes of every side ``rounds`` times, interleaved; the fastest time of each."""
+    best = {name: float("inf") for name in side_passes}
+    for _ in range(rounds):
+        for name, run in side_passes.items():
+            best[name] = min(best[name], run())
+    return best
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(
+    config,
+    train_batches: int,
+    infer_batches: int,
+    rounds: int,
+    threads: int,
+    encoder_size: str = "config",
+    with_torch: bool = True,
+    fixed: bool = True,
+) -> dict:
+    """All measurements for ``config``; returns the JSON-ready dict (see module docstring)."""
+    threads = threads or os.cpu_count()
+    encoder = make_encoder(config)
+    data = load_split(config, config.data.train_split, encoder, progress=False)
+    if encoder_size == "base":
+        config.model.encoder, config.model.pretrained = str(base_encoder_dir(config)), False
+    bert, weights_dir = train.encoder_config(config)
+    boundaries, size = config.data.bucket_boundaries, config.data.batch_size
+    batcher = Batcher(data.examples, boundaries, size, config.data.anchor, config.seed)
+    plan = batcher.epoch_plan(0)
+    planned = sample_batches(batcher, plan, train_batches)
+    bucketed = [batcher.build(p) for p in planned]
+    padded = [batcher.build(PlannedBatch(boundaries[-1], p.indices)) for p in planned]
+    eval_batcher = train.eval_batcher(config, data.examples)
+    infer_planned = sample_batches(eval_batcher, eval_batcher.eval_plan(), infer_batches, 1)
+    infer = [eval_batcher.build(p) for p in infer_planned]
+    real_train = int(sum(batcher.lengths[p.indices].sum() for p in planned))
+    real_infer = int(sum(eval_batcher.lengths[p.indices].sum() for p in infer_planned))
+
+    jax_side = JaxSide(config, data.schema, bert, weights_dir)
+    compile_start = time.perf_counter()
+    jax_side.train_pass(bucketed)
+    compile_train = time.perf_counter() - compile_start
+    compile_start = time.perf_counter()
+    jax_side.infer_pass(infer)
+    compile_infer = time.perf_counter() - compile_start
+    rss_jax = _peak_rss_mb()
+    passes = {
+        "jax_train": lambda: jax_side.train_pass(bucketed),
+        "jax_infer": lambda: jax_side.infer_pass(infer),
+    }
+    torch_side = None
+    if with_torch:
+        torch_side = TorchSide(config, data.schema, bert, jax_side.initial.params, threads)
+        torch_side.train_pass(bucketed[:2])  # warm-up: allocator, kernels
+        torch_side.infer_pass(infer[:2])
+        passes["torch_train"] = lambda: torch_side.train_pass(bucketed)
+        passes["torch_infer"] = lambda: torch_side.infer_pass(infer)
+    if fixed:
+        jax_side.train_pass(padded)  # compile the full-length shape
+        passes["jax_train_fixed"] = lambda: jax_side.train_pass(padded)
+    best = _fastest(passes, rounds)
+
+    results = {
+        "config": {
+            "encoder": str(config.model.encoder),
+            "encoder_size": encoder_size,
+            "hidden": bert.hidden_size,
+            "layers": bert.num_hidden_layers,
+            "method": config.model.method,
+            "re_option": config.model.re_option,
+            "compute_dtype": config.model.compute_dtype,
+            "batch_size": size,
+            "bucket_boundaries": list(boundaries),
+            "train_batches": len(bucketed),
+            "infer_batches": len(infer),
+            "rounds": rounds,
+            "torch_threads": threads,
+            "attention": "jax.nn.dot_product_attention (XLA default) at inference; explicit "
+            "einsum softmax with attention dropout in training",
+        },  # fmt: skip
+        "machine": _machine(),
+        "train": {"jax": _rate(bucketed, best["jax_train"], real_train)},
+        "infer": {"jax": _rate(infer, best["jax_infer"], real_infer)},
+        "compile": {
+            "train_seconds": compile_train - best["jax_train"],
+            "infer_seconds": compile_infer - best["jax_infer"],
+            "train_shapes": jax_side.train_fn._cache_size(),
+            "infer_shapes": jax_side.predict_fn._cache_size(),
+        },
+        "memory": {"peak_rss_mb_after_jax": rss_jax, "peak_rss_mb_end": _peak_rss_mb()},
+    }
+    if with_torch:
+        for key in ("train", "infer"):
+            batches, real = (bucketed, real_train) if key == "train" else (infer, real_infer)
+            results[key]["torch"] = _rate(batches, best[f"torch_{key}"], real)
+            results[key]["jax_over_torch"] = (
+                results[key]["jax"]["sentences_per_s"] / results[key]["torch"]["sentences_per_s"]
+            )
+    stats = padding_stats(batcher, plan)
+    results["bucketing"] = {
+        "real_token_fraction": stats["real_token_fraction"],
+        "fixed_real_token_fraction": 1 - stats["fixed_padding_waste"],
+        "sampled_real_token_fraction": real_train / sum(b["input_ids"].size for b in bucketed),
+    }
+    if fixed:
+        results["bucketing"]["fixed"] = _rate(padded, best["jax_train_fixed"], real_train)
+        results["bucketing"]["speedup"] = best["jax_train_fixed"] / best["jax_train"]
+    flops = matmul_flops(bert, [b["input_ids"].shape[1] for b in bucketed], size, config, True)
+    results["flops"] = {"train_pass": flops, "train_per_s": flops / best["jax_train"]}
+    peak = _peak_flops()
+    if peak:
+        results["flops"]["peak"] = peak
+        results["flops"]["train_mfu"] = flops / best["jax_train"] / peak
+        stats = jax.devices()[0].memory_stats() or {}
+        results["memory"]["device_peak_bytes"] = stats.get("peak_bytes_in_use")
+    return results
+
+
+def _peak_flops() -> float | None:
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+
+
+def _machine() -> dict:
+    import flax
+    import transformers
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "transformers": transformers.__version__,
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    results = run(
+        _CONFIG.value, _TRAIN_BATCHES.value, _INFER_BATCHES.value, _ROUNDS.value,
+        _THREADS.value, _ENCODER_SIZE.value, not _SKIP_TORCH.value, _FIXED.value,
+    )  # fmt: skip
+    text = json.dumps(results, indent=1)
+    if _JSON.value:
+        pathlib.Path(_JSON.value).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(_JSON.value).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
