@@ -1,0 +1,157 @@
+"""From raw criteria text to entities and relations: ``Extractor.from_workdir(DIR).extract(texts)``.
+
+A text is one document: every non-blank line is a criterion (``\\n``, ``\\r\\n`` or ``\\r``
+breaks; blank lines give nothing). A line longer than the model's maximum length is cut into
+windows at word boundaries (never truncated); each window is predicted on its own and their
+entities are merged back into the line, so relations only join entities of one window.
+Offsets are character (code point) offsets into the text exactly as given: CRLF, tabs, Unicode
+and trailing spaces included, so ``text[start:end] == entity.text`` always holds.
+
+Batches use the training length buckets, so a long-lived ``Extractor`` compiles each bucket
+shape once and reuses it for every later call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Iterable, Sequence
+
+from jointre_jax import inference, train
+from jointre_jax.data.accounting import Accounting
+from jointre_jax.data.brat import Document
+from jointre_jax.evaluation import decode_example
+
+
+@dataclasses.dataclass(frozen=True)
+class Entity:
+    """An extracted entity: ``text[start:end]`` of its document, of type ``type``."""
+
+    id: str
+    type: str
+    start: int
+    end: int
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Relation:
+    """``type`` from entity ``head`` to entity ``tail`` (ids), with the model's probability."""
+
+    type: str
+    head: str
+    tail: str
+    score: float
+
+
+@dataclasses.dataclass
+class Criterion:
+    """One criterion line of a document and what was extracted from it."""
+
+    doc_id: str
+    line: int  # 1-based line number in the document
+    start: int  # character offset of the line in the document
+    end: int
+    text: str
+    entities: list[Entity] = dataclasses.field(default_factory=list)
+    relations: list[Relation] = dataclasses.field(default_factory=list)
+    windows: int = 1  # > 1: the line was longer than the model's maximum length
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict: the fields above, entities and relations as dicts."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class DocumentExtraction:
+    """Every criterion of one input document, and the document's text."""
+
+    doc_id: str
+    text: str
+    criteria: list[Criterion]
+
+    @property
+    def entities(self) -> list[Entity]:
+        return [e for c in self.criteria for e in c.entities]
+
+    @property
+    def relations(self) -> list[Relation]:
+        return [r for c in self.criteria for r in c.relations]
+
+
+class Extractor:
+    """A trained run, ready to extract: ``extract(texts)`` -> ``list[DocumentExtraction]``."""
+
+    def __init__(self, config, state, predict, encoder):
+        if config.model.method == "re":
+            raise ValueError(
+                "a standalone RE model needs gold entities; extraction from raw text needs a "
+                "model with NER (method joint, ner or pipeline)"
+            )
+        self.config, self.state, self.predict, self.encoder = config, state, predict, encoder
+        self.schema = encoder.schema
+
+    @classmethod
+    def from_workdir(cls, workdir: str | pathlib.Path, num_devices: int | None = None):
+        """The best checkpoint of the training run in ``workdir``."""
+        return cls(*inference.load_run(workdir, num_devices))
+
+    def extract(
+        self, texts: str | Sequence[str], doc_ids: Sequence[str] | None = None, progress=False
+    ) -> list[DocumentExtraction]:
+        """Entities and relations of each text (one document each; see the module docstring).
+
+        Args:
+          texts: a string or a list of strings.
+          doc_ids: a name for each text (default "0", "1", ...), used in BRAT/JSON output.
+          progress: show a progress bar over batches.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        doc_ids = list(doc_ids) if doc_ids is not None else [str(i) for i in range(len(texts))]
+        if len(doc_ids) != len(texts):
+            raise ValueError(f"{len(doc_ids)} doc_ids for {len(texts)} texts")
+        examples, owners = [], []
+        for number, (doc_id, text) in enumerate(zip(doc_ids, texts, strict=True)):
+            doc = Document(doc_id, text, txt_path="", ann_path="")
+            for example in self.encoder.encode_document(doc, Accounting()):
+                examples.append(example)
+                owners.append(number)
+        results = [DocumentExtraction(d, t, []) for d, t in zip(doc_ids, texts, strict=True)]
+        if not examples:
+            return results
+        decoded = {}
+        batcher = train.eval_batcher(self.config, examples)
+        desc = "extracting" if progress else None
+        for index, tags, rels in train.predictions(self.predict, self.state, batcher, desc):
+            decoded[index] = decode_example(examples[index], tags, rels, self.config.data.anchor)
+        for index, example in enumerate(examples):
+            self._add(results[owners[index]], example, *decoded[index])
+        return results
+
+    def _add(self, result: DocumentExtraction, example, entities, relations) -> None:
+        criteria = result.criteria
+        if not criteria or criteria[-1].line != example.line:
+            start = example.line_start
+            end = start + len(example.text)
+            criteria.append(Criterion(result.doc_id, example.line, start, end, example.text))
+        else:
+            criteria[-1].windows += 1
+        criterion = criteria[-1]
+        ids = []
+        for entity in entities:
+            start = criterion.start + entity.char_start
+            end = criterion.start + entity.char_end
+            entity_id = f"T{len(result.entities) + 1}"
+            kind = self.schema.entity_types[entity.label]
+            criterion.entities.append(Entity(entity_id, kind, start, end, result.text[start:end]))
+            ids.append(entity_id)
+        for head, tail, label, score in relations:
+            kind = self.schema.relation_labels[label]
+            criterion.relations.append(Relation(kind, ids[head], ids[tail], round(score, 4)))
+
+
+def iter_records(extractions: Iterable[DocumentExtraction]):
+    """Every criterion of ``extractions`` in order."""
+    for extraction in extractions:
+        yield from extraction.criteria

@@ -1,0 +1,212 @@
+"""The paper's Table 4 as a grid of runs: configurations x seeds, then one markdown table.
+
+    python -m jointre_jax.grid --config=configs/minilm_m2.py --workdir=DIR \
+        [--rows=all|ROW,ROW...] [--seeds=0,1,2] [--process_index=I --process_count=N] \
+        [--table_only] [--config.x=y ...]
+
+Each (row, seed) trains in ``DIR/ROW/seed_S`` with ``train.train_and_evaluate`` (the same code
+as ``jointre_jax.main``); a run whose ``metrics.json`` exists is skipped, and an interrupted
+one resumes from its checkpoint, so rerunning the command finishes the grid. With
+``--process_count=N`` the runs are dealt round-robin and process I trains only its share (start
+one process per GPU, e.g. with ``CUDA_VISIBLE_DEVICES=I``); the table is written from whatever
+``metrics.json`` files exist, so the last process to finish, or ``--table_only``, writes the
+whole table. ``--config.x=y`` overrides apply to every row (epochs, learning rate, encoder...).
+
+The table (``DIR/table4.md`` and ``DIR/table4.json``) has the columns of the paper's Table 4:
+encoder, method, RE option, negative sampling, NER P/R/F, RE gs-based P/R/F, RE end-to-end P/R/F
+(strict), each the mean and standard deviation over seeds, in percent.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import pathlib
+import statistics
+
+import jax
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from jointre_jax import train
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row of Table 4: its name (a directory), labels and the model overrides."""
+
+    name: str
+    method: str  # label in the table
+    re_option: str
+    negatives: str
+    overrides: dict
+
+
+# The paper's 9 rows per encoder.
+_INC = {"negative_sampling": "incremental"}
+_M2 = "re_m2 bilinear + linear"
+_M2B = "re_m2 bilinear only"
+ROWS = (
+    Row("ner", "standalone NER", "-", "-", {"method": "ner"}),
+    Row("re", "standalone RE (gold entities)", "re_m1", "gs-based",
+        {"method": "re", "re_option": "m1"}),
+    Row("pipeline", "standalone end-to-end", "re_m1", "gs-based",
+        {"method": "pipeline", "re_option": "m1"}),
+    Row("joint_m1_gs", "joint", "re_m1", "gs-based", {"re_option": "m1"}),
+    Row("joint_m1_inc", "joint", "re_m1", "incremental", {"re_option": "m1", **_INC}),
+    Row("joint_m2_gs", "joint", _M2, "gs-based", {"re_option": "m2"}),
+    Row("joint_m2_inc", "joint", _M2, "incremental", {"re_option": "m2", **_INC}),
+    Row("joint_m2b_gs", "joint", _M2B, "gs-based", {"re_option": "m2_bilinear"}),
+    Row("joint_m2b_inc", "joint", _M2B, "incremental", {"re_option": "m2_bilinear", **_INC}),
+)  # fmt: skip
+ROWS_BY_NAME = {row.name: row for row in ROWS}
+# Score groups a method has: standalone NER has no RE, standalone RE no NER or end-to-end RE.
+SCORED = {"ner": ("ner",), "re": ("re_gs",)}
+GROUPS = ("ner", "re_gs", "re_e2e")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Base config (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Grid directory.")
+_ROWS = flags.DEFINE_list("rows", ["all"], f"Rows: all, or some of {sorted(ROWS_BY_NAME)}.")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds.")
+_INDEX = flags.DEFINE_integer("process_index", 0, "This process's share of the runs.")
+_COUNT = flags.DEFINE_integer("process_count", 1, "Processes sharing the grid.")
+_TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Only write the table from finished runs.")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", None,
+    "Persistent XLA compilation cache shared by the runs (seeds of a row compile the same "
+    "shapes); default WORKDIR/.jax_cache, 'none' to turn it off.",
+)  # fmt: skip
+
+
+def select_rows(names) -> list[Row]:
+    """The rows named (``["all"]`` for all), in the table's order; unknown names fail."""
+    if list(names) == ["all"]:
+        return list(ROWS)
+    unknown = sorted(set(names) - ROWS_BY_NAME.keys())
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}: choose from {sorted(ROWS_BY_NAME)}")
+    return [row for row in ROWS if row.name in names]
+
+
+def run_config(base, row: Row, seed: int):
+    """``base`` with the row's model overrides and the seed (a copy)."""
+    config = copy.deepcopy(base)
+    with config.unlocked():
+        for key, value in row.overrides.items():
+            config.model[key] = value
+        config.seed = int(seed)
+    return config
+
+
+def run_grid(base, workdir, rows, seeds, process_index=0, process_count=1) -> list[pathlib.Path]:
+    """Trains this process's share of rows x seeds; returns the run directories it finished."""
+    workdir = pathlib.Path(workdir)
+    jobs = [(row, int(seed)) for seed in seeds for row in rows]  # every row of a seed first
+    done = []
+    for number, (row, seed) in enumerate(jobs):
+        if number % process_count != process_index:
+            continue
+        rundir = workdir / row.name / f"seed_{seed}"
+        if (rundir / "metrics.json").exists():
+            log.info("%s seed %d: done already", row.name, seed)
+            continue
+        log.info("run %d/%d: %s seed %d", number + 1, len(jobs), row.name, seed)
+        train.train_and_evaluate(run_config(base, row, seed), rundir)
+        jax.clear_caches()  # compiled steps of this model are not needed by the next
+        done.append(rundir)
+    return done
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def collect(workdir, rows, encoder: str) -> list[dict]:
+    """Per row: labels, seeds found and mean/std of every P/R/F (fractions)."""
+    workdir = pathlib.Path(workdir)
+    table = []
+    for row in rows:
+        runs = sorted((workdir / row.name).glob("seed_*/metrics.json"))
+        scores = [json.loads(path.read_text()) for path in runs]
+        entry = {
+            "row": row.name, "encoder": encoder, "method": row.method,
+            "re_option": row.re_option, "negatives": row.negatives,
+            "seeds": [int(p.parent.name.removeprefix("seed_")) for p in runs],
+        }  # fmt: skip
+        scored = SCORED.get(row.overrides.get("method", "joint"), GROUPS)
+        for group in GROUPS:
+            if group not in scored or not scores:
+                continue
+            for measure in ("precision", "recall", "f1"):  # re_e2e is the strict score
+                values = [s[group][measure] for s in scores]
+                entry[f"{group}_{measure}"] = _mean_std(values)
+        table.append(entry)
+    return table
+
+
+def markdown(table: list[dict]) -> str:
+    """The Table 4 markdown of :func:`collect` (percent, mean ± std over seeds)."""
+    head = (
+        "| encoder | method | RE option | negatives | seeds | NER P | NER R | NER F "
+        "| RE gs P | RE gs R | RE gs F | RE e2e P | RE e2e R | RE e2e F |"
+    )
+    lines = [head, "|" + " --- |" * 16]
+    for entry in table:
+        cells = [
+            entry["encoder"], entry["method"], entry["re_option"], entry["negatives"],
+            str(len(entry["seeds"])),
+        ]  # fmt: skip
+        for group in GROUPS:
+            for measure in ("precision", "recall", "f1"):
+                value = entry.get(f"{group}_{measure}")
+                if value is None:
+                    cells.append("-")
+                elif len(entry["seeds"]) > 1:
+                    cells.append(f"{100 * value[0]:.1f} ± {100 * value[1]:.1f}")
+                else:
+                    cells.append(f"{100 * value[0]:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(workdir, rows, encoder: str) -> str:
+    """Writes ``workdir/table4.md`` and ``table4.json``; returns the markdown."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    table = collect(workdir, rows, encoder)
+    text = markdown(table)
+    (workdir / "table4.md").write_text(text)
+    (workdir / "table4.json").write_text(json.dumps(table, indent=1))
+    return text
+
+
+def encoder_name(config) -> str:
+    """A short name of the config's encoder for the table (last path component or hub id)."""
+    return pathlib.Path(str(config.model.encoder)).name or str(config.model.encoder)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("jointre_jax").setLevel(logging.INFO)
+    config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value)
+    rows = select_rows(_ROWS.value)
+    if _CACHE.value != "none":
+        cache = _CACHE.value or str(workdir / ".jax_cache")
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if not _TABLE_ONLY.value:
+        run_grid(config, workdir, rows, _SEEDS.value, _INDEX.value, _COUNT.value)
+    print(write_table(workdir, rows, encoder_name(config)))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

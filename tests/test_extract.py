@@ -1,0 +1,129 @@
+"""Extraction from raw text with a tiny trained run: exact offsets (CRLF, tabs, Unicode,
+trailing spaces), windowed long lines, BRAT round trip, the CLI, and the grouped view."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jointre_jax import extract, train
+from jointre_jax.data.brat import BratFormatError, read_document
+from jointre_jax.extraction import Criterion, Entity, Extractor, Relation
+from jointre_jax.grouping import group_criterion
+from tests.conftest import REPO
+from tests.test_train import tiny_train_config
+
+LONG = (
+    "patients with type 2 diabetes and hba1c > 7 % within the last 3 months and no history "
+    "of heart failure or stroke"
+)
+TEXT = (
+    "Patients with type 2 diabetes\r\n\r\nHbA1c > 7 %\twithin the last 3 months  \r\n"
+    "women aged ≥ 18 years é\r\n" + LONG + "\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("extract")
+    config = tiny_train_config(root, epochs=20)
+    config.data.max_length = 12  # so that the long line needs several windows
+    config.checkpoint_every_steps = 0
+    train.train_and_evaluate(config, root / "run")
+    return root / "run"
+
+
+def test_offsets_index_the_input_exactly_and_long_lines_are_windowed(run_dir):
+    extractor = Extractor.from_workdir(run_dir)
+    (doc,) = extractor.extract(TEXT, ["d"])
+    assert [c.line for c in doc.criteria] == [1, 3, 4, 5]  # the blank line gives nothing
+    for criterion in doc.criteria:
+        assert TEXT[criterion.start : criterion.end] == criterion.text
+        for entity in criterion.entities:
+            assert criterion.start <= entity.start < entity.end <= criterion.end
+            assert TEXT[entity.start : entity.end] == entity.text
+    assert doc.criteria[3].text == LONG and doc.criteria[3].windows >= 3  # not truncated
+    assert doc.entities, "the trained tiny model should find entities in its training text"
+    ids = {e.id for e in doc.entities}
+    assert all(r.head in ids and r.tail in ids for r in doc.relations)
+    compiled = extractor.predict._cache_size()
+    again = extractor.extract([TEXT, "", "stroke"], ["d", "empty", "short"])
+    assert again[0].entities == doc.entities and again[1].criteria == []
+    assert extractor.predict._cache_size() == compiled  # shapes are reused across calls
+
+
+def test_brat_and_csv_outputs_read_back_unchanged(run_dir, tmp_path):
+    extractor = Extractor.from_workdir(run_dir)
+    extractions = extractor.extract([TEXT, "stroke\n"], ["d", "e"])
+    extract.write_brat(extractions, tmp_path / "out")
+    for extraction in extractions:
+        txt = tmp_path / "out" / f"{extraction.doc_id}.txt"
+        assert txt.read_bytes() == extraction.text.encode("utf-8")
+        doc = read_document(txt, lenient=False)
+        read = {
+            (e.type, e.fragments[0][0], e.fragments[0][1], e.text) for e in doc.entities.values()
+        }
+        assert read == {(e.type, e.start, e.end, e.text) for e in extraction.entities}
+        assert {(r.type, r.arg1, r.arg2) for r in doc.relations} == {
+            (r.type, r.head, r.tail) for r in extraction.relations
+        }
+    stream = io.StringIO()
+    extract.write_csv(extractions, stream)
+    rows = list(csv.DictReader(io.StringIO(stream.getvalue())))
+    entities = [r for r in rows if r["kind"] == "entity"]
+    assert [(r["doc_id"], r["text"]) for r in entities] == [
+        (x.doc_id, e.text) for x in extractions for e in x.entities
+    ]
+    assert sum(r["kind"] == "relation" for r in rows) == sum(len(x.relations) for x in extractions)
+
+
+def test_cli_reads_stdin_and_writes_jsonl_csv_and_grouped(run_dir, tmp_path):
+    command = [sys.executable, "-m", "jointre_jax.extract", f"--workdir={run_dir}", "--input=-"]
+    done = subprocess.run(
+        [*command, f"--output={tmp_path / 'out.jsonl'}", f"--grouped={tmp_path / 'g.jsonl'}"],
+        input=TEXT.encode("utf-8"), cwd=REPO, capture_output=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert b"4 criteria (1 longer than the model's maximum length" in done.stderr
+    assert b"1 blank lines skipped" in done.stderr
+    records = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    expected = Extractor.from_workdir(run_dir).extract(TEXT, ["stdin"])[0]
+    assert records == [c.to_dict() for c in expected.criteria]
+    grouped = [json.loads(x) for x in (tmp_path / "g.jsonl").read_text().splitlines()]
+    assert [g["line"] for g in grouped] == [1, 3, 4, 5]
+
+
+def test_non_utf8_input_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "criteria.txt"
+    bad.write_bytes(b"age > 18\nna\xefve patients\n")
+    with pytest.raises(BratFormatError, match=r"criteria\.txt:2"):
+        extract.read_inputs(str(bad))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        extract.read_inputs(str(tmp_path / "missing.txt"))
+
+
+def test_grouped_view_attaches_attributes_to_their_main_entity():
+    text = "no HbA1c > 7% within the last 3 months or stroke"
+    spans = {"no": "Negation", "HbA1c": "Measurement", "> 7%": "Value",
+             "within the last 3 months": "Temporal", "stroke": "Condition"}  # fmt: skip
+    entities = []
+    for n, (mention, kind) in enumerate(spans.items()):
+        start = text.index(mention)
+        entities.append(Entity(f"T{n + 1}", kind, start, start + len(mention), mention))
+    relations = [
+        Relation("Has_value", "T2", "T3", 0.9),
+        Relation("Has_temporal", "T2", "T4", 0.8),
+        Relation("Has_negation", "T2", "T1", 0.7),
+        Relation("OR", "T2", "T5", 0.6),
+    ]
+    criterion = Criterion("d", 1, 0, len(text), text, entities, relations)
+    grouped = group_criterion(criterion)
+    assert [r["entity"]["text"] for r in grouped["records"]] == ["HbA1c", "stroke"]
+    hba1c, stroke = grouped["records"]
+    assert [v["text"] for v in hba1c["values"]] == ["> 7%"]
+    assert [t["text"] for t in hba1c["temporal"]] == ["within the last 3 months"]
+    assert hba1c["negated"] is True and hba1c["links"] == {"or": ["T5"]}
+    assert stroke["negated"] is False and "links" not in stroke
