@@ -21,10 +21,20 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-_JSON = flags.DEFINE_string("json", None, "Write the results to this JSON file.")
-_TOKENS = flags.DEFINE_integer("tokens", 1280, "Rows: batch 32 x length 40 wordpieces.")
-_HIDDEN = flags.DEFINE_integer("hidden", 384, "Hidden size (MiniLM: 384, BERT-base: 768).")
-_INNER = flags.DEFINE_integer("intermediate", 1536, "Feed-forward size.")
+_JSON = None  # defined by _define_flags()
+_TOKENS = None  # defined by _define_flags()
+_HIDDEN = None  # defined by _define_flags()
+_INNER = None  # defined by _define_flags()
+
+
+def _define_flags() -> None:
+    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
+    that modules imported side by side (tests, notebooks) never define a flag twice."""
+    global _JSON, _TOKENS, _HIDDEN, _INNER
+    _JSON = flags.DEFINE_string("json", None, "Write the results to this JSON file.")
+    _TOKENS = flags.DEFINE_integer("tokens", 1280, "Rows: batch 32 x length 40 wordpieces.")
+    _HIDDEN = flags.DEFINE_integer("hidden", 384, "Hidden size (MiniLM: 384, BERT-base: 768).")
+    _INNER = flags.DEFINE_integer("intermediate", 1536, "Feed-forward size.")
 
 
 def best_seconds(run, repeats: int = 20) -> float:
@@ -76,4 +86,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

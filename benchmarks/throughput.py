@@ -40,19 +40,44 @@ from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.model.bert import BertConfig
 from jointre_jax.model.pretrained import resolve_encoder
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
-_JSON = flags.DEFINE_string("json", None, "Write the results to this JSON file.")
-_TRAIN_BATCHES = flags.DEFINE_integer("train_batches", 12, "Training batches per timed pass.")
-_INFER_BATCHES = flags.DEFINE_integer("infer_batches", 16, "Inference batches per timed pass.")
-_ROUNDS = flags.DEFINE_integer("rounds", 2, "Timed passes per side (the fastest counts).")
-_THREADS = flags.DEFINE_integer("threads", 0, "PyTorch intra-op threads (0 = CPU count).")
-_ENCODER_SIZE = flags.DEFINE_enum(
-    "encoder_size", "config", ["config", "base"],
-    "config: the config's encoder; base: a BERT-base shaped encoder (random weights, the "
-    "config encoder's vocabulary), for GPU figures without a hub download.",
-)  # fmt: skip
-_SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Time JAX only.")
-_FIXED = flags.DEFINE_bool("fixed", True, "Also time the same batches padded to full length.")
+_CONFIG = None  # defined by _define_flags()
+_JSON = None  # defined by _define_flags()
+_TRAIN_BATCHES = None  # defined by _define_flags()
+_INFER_BATCHES = None  # defined by _define_flags()
+_ROUNDS = None  # defined by _define_flags()
+_THREADS = None  # defined by _define_flags()
+_ENCODER_SIZE = None  # defined by _define_flags()
+_SKIP_TORCH = None  # defined by _define_flags()
+_FIXED = None  # defined by _define_flags()
+
+
+def _define_flags() -> None:
+    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
+    that modules imported side by side (tests, notebooks) never define a flag twice."""
+    global \
+        _CONFIG, \
+        _JSON, \
+        _TRAIN_BATCHES, \
+        _INFER_BATCHES, \
+        _ROUNDS, \
+        _THREADS, \
+        _ENCODER_SIZE, \
+        _SKIP_TORCH, \
+        _FIXED
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+    _JSON = flags.DEFINE_string("json", None, "Write the results to this JSON file.")
+    _TRAIN_BATCHES = flags.DEFINE_integer("train_batches", 12, "Training batches per timed pass.")
+    _INFER_BATCHES = flags.DEFINE_integer("infer_batches", 16, "Inference batches per timed pass.")
+    _ROUNDS = flags.DEFINE_integer("rounds", 2, "Timed passes per side (the fastest counts).")
+    _THREADS = flags.DEFINE_integer("threads", 0, "PyTorch intra-op threads (0 = CPU count).")
+    _ENCODER_SIZE = flags.DEFINE_enum(
+        "encoder_size", "config", ["config", "base"],
+        "config: the config's encoder; base: a BERT-base shaped encoder (random weights, the "
+        "config encoder's vocabulary), for GPU figures without a hub download.",
+    )  # fmt: skip
+    _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Time JAX only.")
+    _FIXED = flags.DEFINE_bool("fixed", True, "Also time the same batches padded to full length.")
+
 
 # Dense bf16 peak FLOP/s of known accelerators, for MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -360,5 +385,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     flags.mark_flags_as_required(["config"])
     app.run(main)

@@ -14,9 +14,18 @@ from jointre_jax.data.corpus import load_split
 from jointre_jax.data.sample import write_sample_corpus, write_tiny_encoder
 from jointre_jax.evaluation import decode_example
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file.")
-_WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Run directory.")
-_SHOW = flags.DEFINE_integer("show", 4, "Test criteria to print with their extractions.")
+_CONFIG = None  # defined by _define_flags()
+_WORKDIR = None  # defined by _define_flags()
+_SHOW = None  # defined by _define_flags()
+
+
+def _define_flags() -> None:
+    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
+    that modules imported side by side (tests, notebooks) never define a flag twice."""
+    global _CONFIG, _WORKDIR, _SHOW
+    _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file.")
+    _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Run directory.")
+    _SHOW = flags.DEFINE_integer("show", 4, "Test criteria to print with their extractions.")
 
 
 def prepare(config, workdir: pathlib.Path) -> str:
@@ -71,4 +80,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

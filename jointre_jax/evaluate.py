@@ -18,10 +18,20 @@ from absl import logging as absl_logging
 
 from jointre_jax.inference import evaluate_folder
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of a trained model.")
-_BRAT_DIR = flags.DEFINE_string("brat_dir", None, "Folder of NAME.txt + NAME.ann files.")
-_SPLIT_FILE = flags.DEFINE_string("split_file", None, "Optional list of document ids.")
-_OUT = flags.DEFINE_string("out", None, "Where to write the scores (JSON).")
+_WORKDIR = None  # defined by _define_flags()
+_BRAT_DIR = None  # defined by _define_flags()
+_SPLIT_FILE = None  # defined by _define_flags()
+_OUT = None  # defined by _define_flags()
+
+
+def _define_flags() -> None:
+    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
+    that modules imported side by side (tests, notebooks) never define a flag twice."""
+    global _WORKDIR, _BRAT_DIR, _SPLIT_FILE, _OUT
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of a trained model.")
+    _BRAT_DIR = flags.DEFINE_string("brat_dir", None, "Folder of NAME.txt + NAME.ann files.")
+    _SPLIT_FILE = flags.DEFINE_string("split_file", None, "Optional list of document ids.")
+    _OUT = flags.DEFINE_string("out", None, "Where to write the scores (JSON).")
 
 
 def main(argv):
@@ -35,5 +45,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     flags.mark_flags_as_required(["workdir", "brat_dir", "out"])
     app.run(main)

@@ -36,12 +36,24 @@ from jointre_jax.data.encode import split_lines
 from jointre_jax.extraction import DocumentExtraction, Extractor, iter_records
 from jointre_jax.grouping import group_criterion
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (best checkpoint).")
-_INPUT = flags.DEFINE_string("input", None, "Text file, folder of .txt files, or - (stdin).")
-_OUTPUT = flags.DEFINE_string("output", None, "Output file (jsonl, csv; - = stdout) or folder.")
-_FORMAT = flags.DEFINE_enum("format", "jsonl", ["jsonl", "brat", "csv"], "Output format.")
-_GROUPED = flags.DEFINE_string("grouped", None, "Also write the grouped view (JSON lines).")
-_DEVICES = flags.DEFINE_integer("num_devices", None, "Devices to use (default: the run's).")
+_WORKDIR = None  # defined by _define_flags()
+_INPUT = None  # defined by _define_flags()
+_OUTPUT = None  # defined by _define_flags()
+_FORMAT = None  # defined by _define_flags()
+_GROUPED = None  # defined by _define_flags()
+_DEVICES = None  # defined by _define_flags()
+
+
+def _define_flags() -> None:
+    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
+    that modules imported side by side (tests, notebooks) never define a flag twice."""
+    global _WORKDIR, _INPUT, _OUTPUT, _FORMAT, _GROUPED, _DEVICES
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (best checkpoint).")
+    _INPUT = flags.DEFINE_string("input", None, "Text file, folder of .txt files, or - (stdin).")
+    _OUTPUT = flags.DEFINE_string("output", None, "Output file (jsonl, csv; - = stdout) or folder.")
+    _FORMAT = flags.DEFINE_enum("format", "jsonl", ["jsonl", "brat", "csv"], "Output format.")
+    _GROUPED = flags.DEFINE_string("grouped", None, "Also write the grouped view (JSON lines).")
+    _DEVICES = flags.DEFINE_integer("num_devices", None, "Devices to use (default: the run's).")
 
 
 def read_inputs(source: str) -> tuple[list[str], list[str]]:
@@ -148,5 +160,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     flags.mark_flags_as_required(["workdir", "input", "output"])
     app.run(main)

@@ -69,18 +69,32 @@ ROWS_BY_NAME = {row.name: row for row in ROWS}
 SCORED = {"ner": ("ner",), "re": ("re_gs",)}
 GROUPS = ("ner", "re_gs", "re_e2e")
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Base config (configs/*.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Grid directory.")
-_ROWS = flags.DEFINE_list("rows", ["all"], f"Rows: all, or some of {sorted(ROWS_BY_NAME)}.")
-_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds.")
-_INDEX = flags.DEFINE_integer("process_index", 0, "This process's share of the runs.")
-_COUNT = flags.DEFINE_integer("process_count", 1, "Processes sharing the grid.")
-_TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Only write the table from finished runs.")
-_CACHE = flags.DEFINE_string(
-    "compilation_cache", None,
-    "Persistent XLA compilation cache shared by the runs (seeds of a row compile the same "
-    "shapes); default WORKDIR/.jax_cache, 'none' to turn it off.",
-)  # fmt: skip
+_CONFIG = None  # defined by _define_flags()
+_WORKDIR = None  # defined by _define_flags()
+_ROWS = None  # defined by _define_flags()
+_SEEDS = None  # defined by _define_flags()
+_INDEX = None  # defined by _define_flags()
+_COUNT = None  # defined by _define_flags()
+_TABLE_ONLY = None  # defined by _define_flags()
+_CACHE = None  # defined by _define_flags()
+
+
+def _define_flags() -> None:
+    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
+    that modules imported side by side (tests, notebooks) never define a flag twice."""
+    global _CONFIG, _WORKDIR, _ROWS, _SEEDS, _INDEX, _COUNT, _TABLE_ONLY, _CACHE
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config (configs/*.py).")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Grid directory.")
+    _ROWS = flags.DEFINE_list("rows", ["all"], f"Rows: all, or some of {sorted(ROWS_BY_NAME)}.")
+    _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds.")
+    _INDEX = flags.DEFINE_integer("process_index", 0, "This process's share of the runs.")
+    _COUNT = flags.DEFINE_integer("process_count", 1, "Processes sharing the grid.")
+    _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Only write the table from finished runs.")
+    _CACHE = flags.DEFINE_string(
+        "compilation_cache", None,
+        "Persistent XLA compilation cache shared by the runs (seeds of a row compile the same "
+        "shapes); default WORKDIR/.jax_cache, 'none' to turn it off.",
+    )  # fmt: skip
 
 
 def select_rows(names) -> list[Row]:
@@ -208,5 +222,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

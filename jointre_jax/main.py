@@ -17,8 +17,16 @@ from ml_collections import config_flags
 
 from jointre_jax import parallel, train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).")
+_CONFIG = None  # defined by _define_flags()
+_WORKDIR = None  # defined by _define_flags()
+
+
+def _define_flags() -> None:
+    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
+    that modules imported side by side (tests, notebooks) never define a flag twice."""
+    global _CONFIG, _WORKDIR
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).")
 
 
 def main(argv):
@@ -34,5 +42,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

@@ -19,9 +19,18 @@ from ml_collections import config_flags
 from jointre_jax.data.batching import Batcher, padding_stats
 from jointre_jax.data.corpus import load_split, make_encoder
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
-_SPLITS = flags.DEFINE_list("splits", None, "Splits to report (default: train, eval, test).")
+_CONFIG = None  # defined by _define_flags()
+_JSON = None  # defined by _define_flags()
+_SPLITS = None  # defined by _define_flags()
+
+
+def _define_flags() -> None:
+    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
+    that modules imported side by side (tests, notebooks) never define a flag twice."""
+    global _CONFIG, _JSON, _SPLITS
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+    _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
+    _SPLITS = flags.DEFINE_list("splits", None, "Splits to report (default: train, eval, test).")
 
 
 def build_report(config, splits=None, progress: bool = False) -> dict:
@@ -141,5 +150,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     flags.mark_flag_as_required("config")
     app.run(main)
