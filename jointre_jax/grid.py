@@ -170,7 +170,7 @@ def markdown(table: list[dict]) -> str:
         "| encoder | method | RE option | negatives | seeds | NER P | NER R | NER F "
         "| RE gs P | RE gs R | RE gs F | RE e2e P | RE e2e R | RE e2e F |"
     )
-    lines = [head, "|" + " --- |" * 16]
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for entry in table:
         cells = [
             entry["encoder"], entry["method"], entry["re_option"], entry["negatives"],

@@ -39,6 +39,7 @@ def test_grid_runs_rows_and_seeds_and_writes_table4(tmp_path, monkeypatch):
 
     text = grid.write_table(tmp_path / "g", rows, "tiny")
     lines = text.splitlines()
+    assert {line.count("|") for line in lines} == {15}  # 14 columns on every line
     assert lines[0].startswith("| encoder | method | RE option | negatives | seeds | NER P")
     ner_row, joint_row = lines[2].split(" | "), lines[3].split(" | ")
     assert ner_row[1:5] == ["standalone NER", "-", "-", "2"]
