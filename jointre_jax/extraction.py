@@ -125,11 +125,15 @@ class Extractor:
         desc = "extracting" if progress else None
         for index, tags, rels in train.predictions(self.predict, self.state, batcher, desc):
             decoded[index] = decode_example(examples[index], tags, rels, self.config.data.anchor)
+        numbered = [0] * len(texts)  # entities numbered so far in each document
         for index, example in enumerate(examples):
-            self._add(results[owners[index]], example, *decoded[index])
+            owner = owners[index]
+            numbered[owner] += self._add(results[owner], example, numbered[owner], *decoded[index])
         return results
 
-    def _add(self, result: DocumentExtraction, example, entities, relations) -> None:
+    def _add(self, result: DocumentExtraction, example, numbered: int, entities, relations) -> int:
+        """Adds one example's predictions to ``result``, numbering its entities from
+        T``numbered + 1``; returns how many entities it added."""
         criteria = result.criteria
         if not criteria or criteria[-1].line != example.line:
             start = example.line_start
@@ -139,16 +143,17 @@ class Extractor:
             criteria[-1].windows += 1
         criterion = criteria[-1]
         ids = []
-        for entity in entities:
+        for number, entity in enumerate(entities, start=numbered + 1):
             start = criterion.start + entity.char_start
             end = criterion.start + entity.char_end
-            entity_id = f"T{len(result.entities) + 1}"
+            entity_id = f"T{number}"
             kind = self.schema.entity_types[entity.label]
             criterion.entities.append(Entity(entity_id, kind, start, end, result.text[start:end]))
             ids.append(entity_id)
         for head, tail, label, score in relations:
             kind = self.schema.relation_labels[label]
             criterion.relations.append(Relation(kind, ids[head], ids[tail], round(score, 4)))
+        return len(ids)
 
 
 def iter_records(extractions: Iterable[DocumentExtraction]):
