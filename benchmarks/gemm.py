@@ -21,20 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-_JSON = None  # defined by _define_flags()
-_TOKENS = None  # defined by _define_flags()
-_HIDDEN = None  # defined by _define_flags()
-_INNER = None  # defined by _define_flags()
+FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
-    that modules imported side by side (tests, notebooks) never define a flag twice."""
-    global _JSON, _TOKENS, _HIDDEN, _INNER
-    _JSON = flags.DEFINE_string("json", None, "Write the results to this JSON file.")
-    _TOKENS = flags.DEFINE_integer("tokens", 1280, "Rows: batch 32 x length 40 wordpieces.")
-    _HIDDEN = flags.DEFINE_integer("hidden", 384, "Hidden size (MiniLM: 384, BERT-base: 768).")
-    _INNER = flags.DEFINE_integer("intermediate", 1536, "Feed-forward size.")
+    """Command-line flags, defined only when run as a program (imports never clash)."""
+    flags.DEFINE_string("json", None, "Write the results to this JSON file.")
+    flags.DEFINE_integer("tokens", 1280, "Rows: batch 32 x length 40 wordpieces.")
+    flags.DEFINE_integer("hidden", 384, "Hidden size (MiniLM: 384, BERT-base: 768).")
+    flags.DEFINE_integer("intermediate", 1536, "Feed-forward size.")
 
 
 def best_seconds(run, repeats: int = 20) -> float:
@@ -78,10 +73,10 @@ def measure(tokens: int, hidden: int, inner: int) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    results = measure(_TOKENS.value, _HIDDEN.value, _INNER.value)
+    results = measure(FLAGS.tokens, FLAGS.hidden, FLAGS.intermediate)
     text = json.dumps(results, indent=1)
-    if _JSON.value:
-        pathlib.Path(_JSON.value).write_text(text + "\n")
+    if FLAGS.json:
+        pathlib.Path(FLAGS.json).write_text(text + "\n")
     print(text)
 
 

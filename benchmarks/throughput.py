@@ -40,43 +40,24 @@ from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.model.bert import BertConfig
 from jointre_jax.model.pretrained import resolve_encoder
 
-_CONFIG = None  # defined by _define_flags()
-_JSON = None  # defined by _define_flags()
-_TRAIN_BATCHES = None  # defined by _define_flags()
-_INFER_BATCHES = None  # defined by _define_flags()
-_ROUNDS = None  # defined by _define_flags()
-_THREADS = None  # defined by _define_flags()
-_ENCODER_SIZE = None  # defined by _define_flags()
-_SKIP_TORCH = None  # defined by _define_flags()
-_FIXED = None  # defined by _define_flags()
+FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
-    that modules imported side by side (tests, notebooks) never define a flag twice."""
-    global \
-        _CONFIG, \
-        _JSON, \
-        _TRAIN_BATCHES, \
-        _INFER_BATCHES, \
-        _ROUNDS, \
-        _THREADS, \
-        _ENCODER_SIZE, \
-        _SKIP_TORCH, \
-        _FIXED
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
-    _JSON = flags.DEFINE_string("json", None, "Write the results to this JSON file.")
-    _TRAIN_BATCHES = flags.DEFINE_integer("train_batches", 12, "Training batches per timed pass.")
-    _INFER_BATCHES = flags.DEFINE_integer("infer_batches", 16, "Inference batches per timed pass.")
-    _ROUNDS = flags.DEFINE_integer("rounds", 2, "Timed passes per side (the fastest counts).")
-    _THREADS = flags.DEFINE_integer("threads", 0, "PyTorch intra-op threads (0 = CPU count).")
-    _ENCODER_SIZE = flags.DEFINE_enum(
+    """Command-line flags, defined only when run as a program (imports never clash)."""
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+    flags.DEFINE_string("json", None, "Write the results to this JSON file.")
+    flags.DEFINE_integer("train_batches", 12, "Training batches per timed pass.")
+    flags.DEFINE_integer("infer_batches", 16, "Inference batches per timed pass.")
+    flags.DEFINE_integer("rounds", 2, "Timed passes per side (the fastest counts).")
+    flags.DEFINE_integer("threads", 0, "PyTorch intra-op threads (0 = CPU count).")
+    flags.DEFINE_enum(
         "encoder_size", "config", ["config", "base"],
         "config: the config's encoder; base: a BERT-base shaped encoder (random weights, the "
         "config encoder's vocabulary), for GPU figures without a hub download.",
     )  # fmt: skip
-    _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Time JAX only.")
-    _FIXED = flags.DEFINE_bool("fixed", True, "Also time the same batches padded to full length.")
+    flags.DEFINE_bool("skip_torch", False, "Time JAX only.")
+    flags.DEFINE_bool("fixed", True, "Also time the same batches padded to full length.")
 
 
 # Dense bf16 peak FLOP/s of known accelerators, for MFU.
@@ -336,8 +317,8 @@ def run(
     if peak:
         results["flops"]["peak"] = peak
         results["flops"]["train_mfu"] = flops / best["jax_train"] / peak
-        stats = jax.devices()[0].memory_stats() or {}
-        results["memory"]["device_peak_bytes"] = stats.get("peak_bytes_in_use")
+        device_memory = jax.devices()[0].memory_stats() or {}
+        results["memory"]["device_peak_bytes"] = device_memory.get("peak_bytes_in_use")
     return results
 
 
@@ -374,13 +355,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     results = run(
-        _CONFIG.value, _TRAIN_BATCHES.value, _INFER_BATCHES.value, _ROUNDS.value,
-        _THREADS.value, _ENCODER_SIZE.value, not _SKIP_TORCH.value, _FIXED.value,
+        FLAGS.config, FLAGS.train_batches, FLAGS.infer_batches, FLAGS.rounds,
+        FLAGS.threads, FLAGS.encoder_size, not FLAGS.skip_torch, FLAGS.fixed,
     )  # fmt: skip
     text = json.dumps(results, indent=1)
-    if _JSON.value:
-        pathlib.Path(_JSON.value).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(_JSON.value).write_text(text + "\n")
+    if FLAGS.json:
+        pathlib.Path(FLAGS.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(FLAGS.json).write_text(text + "\n")
     print(text)
 
 

@@ -14,18 +14,14 @@ from jointre_jax.data.corpus import load_split
 from jointre_jax.data.sample import write_sample_corpus, write_tiny_encoder
 from jointre_jax.evaluation import decode_example
 
-_CONFIG = None  # defined by _define_flags()
-_WORKDIR = None  # defined by _define_flags()
-_SHOW = None  # defined by _define_flags()
+FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
-    that modules imported side by side (tests, notebooks) never define a flag twice."""
-    global _CONFIG, _WORKDIR, _SHOW
-    _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file.")
-    _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Run directory.")
-    _SHOW = flags.DEFINE_integer("show", 4, "Test criteria to print with their extractions.")
+    """Command-line flags, defined only when run as a program (imports never clash)."""
+    config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file.")
+    flags.DEFINE_string("workdir", "workdirs/demo", "Run directory.")
+    flags.DEFINE_integer("show", 4, "Test criteria to print with their extractions.")
 
 
 def prepare(config, workdir: pathlib.Path) -> str:
@@ -66,7 +62,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)
-    config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value)
+    config, workdir = FLAGS.config, pathlib.Path(FLAGS.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     used = prepare(config, workdir)
     print(f"demo: training on {used}")
@@ -76,7 +72,7 @@ def main(argv):
         r = results[key]
         print(f"  {name:14s} P {r['precision']:.3f}  R {r['recall']:.3f}  F1 {r['f1']:.3f}")
     print(f"\nextractions on test criteria (all scores in {workdir / 'metrics.json'}):")
-    show_extractions(workdir, _SHOW.value)
+    show_extractions(workdir, FLAGS.show)
 
 
 if __name__ == "__main__":

@@ -18,30 +18,25 @@ from absl import logging as absl_logging
 
 from jointre_jax.inference import evaluate_folder
 
-_WORKDIR = None  # defined by _define_flags()
-_BRAT_DIR = None  # defined by _define_flags()
-_SPLIT_FILE = None  # defined by _define_flags()
-_OUT = None  # defined by _define_flags()
+FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
-    that modules imported side by side (tests, notebooks) never define a flag twice."""
-    global _WORKDIR, _BRAT_DIR, _SPLIT_FILE, _OUT
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of a trained model.")
-    _BRAT_DIR = flags.DEFINE_string("brat_dir", None, "Folder of NAME.txt + NAME.ann files.")
-    _SPLIT_FILE = flags.DEFINE_string("split_file", None, "Optional list of document ids.")
-    _OUT = flags.DEFINE_string("out", None, "Where to write the scores (JSON).")
+    """Command-line flags, defined only when run as a program (imports never clash)."""
+    flags.DEFINE_string("workdir", None, "Run directory of a trained model.")
+    flags.DEFINE_string("brat_dir", None, "Folder of NAME.txt + NAME.ann files.")
+    flags.DEFINE_string("split_file", None, "Optional list of document ids.")
+    flags.DEFINE_string("out", None, "Where to write the scores (JSON).")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)
-    results = evaluate_folder(_WORKDIR.value, _BRAT_DIR.value, _SPLIT_FILE.value)
-    pathlib.Path(_OUT.value).write_text(json.dumps(results, indent=1))
+    results = evaluate_folder(FLAGS.workdir, FLAGS.brat_dir, FLAGS.split_file)
+    pathlib.Path(FLAGS.out).write_text(json.dumps(results, indent=1))
     summary = {k: round(results[k]["f1"], 4) for k in ("ner", "re_gs", "re_e2e")}
-    print(json.dumps({"out": _OUT.value, "f1": summary, "devices": jax.device_count()}))
+    print(json.dumps({"out": FLAGS.out, "f1": summary, "devices": jax.device_count()}))
 
 
 if __name__ == "__main__":

@@ -36,24 +36,17 @@ from jointre_jax.data.encode import split_lines
 from jointre_jax.extraction import DocumentExtraction, Extractor, iter_records
 from jointre_jax.grouping import group_criterion
 
-_WORKDIR = None  # defined by _define_flags()
-_INPUT = None  # defined by _define_flags()
-_OUTPUT = None  # defined by _define_flags()
-_FORMAT = None  # defined by _define_flags()
-_GROUPED = None  # defined by _define_flags()
-_DEVICES = None  # defined by _define_flags()
+FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
-    that modules imported side by side (tests, notebooks) never define a flag twice."""
-    global _WORKDIR, _INPUT, _OUTPUT, _FORMAT, _GROUPED, _DEVICES
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (best checkpoint).")
-    _INPUT = flags.DEFINE_string("input", None, "Text file, folder of .txt files, or - (stdin).")
-    _OUTPUT = flags.DEFINE_string("output", None, "Output file (jsonl, csv; - = stdout) or folder.")
-    _FORMAT = flags.DEFINE_enum("format", "jsonl", ["jsonl", "brat", "csv"], "Output format.")
-    _GROUPED = flags.DEFINE_string("grouped", None, "Also write the grouped view (JSON lines).")
-    _DEVICES = flags.DEFINE_integer("num_devices", None, "Devices to use (default: the run's).")
+    """Command-line flags, defined only when run as a program (imports never clash)."""
+    flags.DEFINE_string("workdir", None, "Training run directory (best checkpoint).")
+    flags.DEFINE_string("input", None, "Text file, folder of .txt files, or - (stdin).")
+    flags.DEFINE_string("output", None, "Output file (jsonl, csv; - = stdout) or folder.")
+    flags.DEFINE_enum("format", "jsonl", ["jsonl", "brat", "csv"], "Output format.")
+    flags.DEFINE_string("grouped", None, "Also write the grouped view (JSON lines).")
+    flags.DEFINE_integer("num_devices", None, "Devices to use (default: the run's).")
 
 
 def read_inputs(source: str) -> tuple[list[str], list[str]]:
@@ -128,23 +121,23 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
-        doc_ids, texts = read_inputs(_INPUT.value)
+        doc_ids, texts = read_inputs(FLAGS.input)
     except (BratFormatError, FileNotFoundError) as err:
         sys.exit(f"extract: {err}")
-    extractor = Extractor.from_workdir(_WORKDIR.value, _DEVICES.value)
+    extractor = Extractor.from_workdir(FLAGS.workdir, FLAGS.num_devices)
     started = time.perf_counter()
     extractions = extractor.extract(texts, doc_ids, progress=True)
     seconds = time.perf_counter() - started
-    if _FORMAT.value == "brat":
-        if _OUTPUT.value == "-":
+    if FLAGS.format == "brat":
+        if FLAGS.output == "-":
             sys.exit("extract: --format=brat needs an output folder, not -")
-        write_brat(extractions, pathlib.Path(_OUTPUT.value))
+        write_brat(extractions, pathlib.Path(FLAGS.output))
     else:
-        stream, close = _open(_OUTPUT.value)
-        (write_jsonl if _FORMAT.value == "jsonl" else write_csv)(extractions, stream)
+        stream, close = _open(FLAGS.output)
+        (write_jsonl if FLAGS.format == "jsonl" else write_csv)(extractions, stream)
         stream.close() if close else stream.flush()
-    if _GROUPED.value:
-        stream, close = _open(_GROUPED.value)
+    if FLAGS.grouped:
+        stream, close = _open(FLAGS.grouped)
         write_grouped(extractions, stream)
         stream.close() if close else stream.flush()
     criteria = list(iter_records(extractions))

@@ -68,29 +68,19 @@ ROWS_BY_NAME = {row.name: row for row in ROWS}
 # Score groups a method has: standalone NER has no RE, standalone RE no NER or end-to-end RE.
 SCORED = {"ner": ("ner",), "re": ("re_gs",)}
 GROUPS = ("ner", "re_gs", "re_e2e")
-
-_CONFIG = None  # defined by _define_flags()
-_WORKDIR = None  # defined by _define_flags()
-_ROWS = None  # defined by _define_flags()
-_SEEDS = None  # defined by _define_flags()
-_INDEX = None  # defined by _define_flags()
-_COUNT = None  # defined by _define_flags()
-_TABLE_ONLY = None  # defined by _define_flags()
-_CACHE = None  # defined by _define_flags()
+FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
-    that modules imported side by side (tests, notebooks) never define a flag twice."""
-    global _CONFIG, _WORKDIR, _ROWS, _SEEDS, _INDEX, _COUNT, _TABLE_ONLY, _CACHE
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config (configs/*.py).")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Grid directory.")
-    _ROWS = flags.DEFINE_list("rows", ["all"], f"Rows: all, or some of {sorted(ROWS_BY_NAME)}.")
-    _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds.")
-    _INDEX = flags.DEFINE_integer("process_index", 0, "This process's share of the runs.")
-    _COUNT = flags.DEFINE_integer("process_count", 1, "Processes sharing the grid.")
-    _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Only write the table from finished runs.")
-    _CACHE = flags.DEFINE_string(
+    """Command-line flags, defined only when run as a program (imports never clash)."""
+    config_flags.DEFINE_config_file("config", None, "Base config (configs/*.py).")
+    flags.DEFINE_string("workdir", None, "Grid directory.")
+    flags.DEFINE_list("rows", ["all"], f"Rows: all, or some of {sorted(ROWS_BY_NAME)}.")
+    flags.DEFINE_list("seeds", ["0"], "Seeds.")
+    flags.DEFINE_integer("process_index", 0, "This process's share of the runs.")
+    flags.DEFINE_integer("process_count", 1, "Processes sharing the grid.")
+    flags.DEFINE_bool("table_only", False, "Only write the table from finished runs.")
+    flags.DEFINE_string(
         "compilation_cache", None,
         "Persistent XLA compilation cache shared by the runs (seeds of a row compile the same "
         "shapes); default WORKDIR/.jax_cache, 'none' to turn it off.",
@@ -210,14 +200,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("jointre_jax").setLevel(logging.INFO)
-    config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value)
-    rows = select_rows(_ROWS.value)
-    if _CACHE.value != "none":
-        cache = _CACHE.value or str(workdir / ".jax_cache")
+    config, workdir = FLAGS.config, pathlib.Path(FLAGS.workdir)
+    rows = select_rows(FLAGS.rows)
+    if FLAGS.compilation_cache != "none":
+        cache = FLAGS.compilation_cache or str(workdir / ".jax_cache")
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    if not _TABLE_ONLY.value:
-        run_grid(config, workdir, rows, _SEEDS.value, _INDEX.value, _COUNT.value)
+    if not FLAGS.table_only:
+        run_grid(config, workdir, rows, FLAGS.seeds, FLAGS.process_index, FLAGS.process_count)
     print(write_table(workdir, rows, encoder_name(config)))
 
 

@@ -17,16 +17,13 @@ from ml_collections import config_flags
 
 from jointre_jax import parallel, train
 
-_CONFIG = None  # defined by _define_flags()
-_WORKDIR = None  # defined by _define_flags()
+FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
-    that modules imported side by side (tests, notebooks) never define a flag twice."""
-    global _CONFIG, _WORKDIR
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).")
+    """Command-line flags, defined only when run as a program (imports never clash)."""
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+    flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).")
 
 
 def main(argv):
@@ -36,7 +33,7 @@ def main(argv):
     logging.getLogger("jointre_jax").setLevel(logging.INFO)
     parallel.initialize_distributed()
     log = logging.getLogger("jointre_jax")  # train logs each process's index and devices
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     summary = {key: results[key]["f1"] for key in ("ner", "re_gs", "re_e2e")}
     log.info("process %d final test f1: %s", jax.process_index(), json.dumps(summary))
 

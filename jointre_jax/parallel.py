@@ -13,14 +13,12 @@ them with ``jax.make_array_from_process_local_data``.
 
 from __future__ import annotations
 
-import logging
 import os
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-log = logging.getLogger(__name__)
 AXES = ("data", "fsdp")
 BATCH_SPEC = PartitionSpec(AXES)  # rows split over every device
 

@@ -25,9 +25,8 @@ def test_torch_reference_gives_the_jax_loss_and_logits(tmp_path, re_option):
     bert, _ = train.encoder_config(config)
     model = train.create_model(config, data.schema, bert)
     state = train.create_state(config, model, None, 10, train.make_mesh(config))
-    batch = Batcher(data.examples, (16, 128), 4).build(
-        Batcher(data.examples, (16, 128), 4).eval_plan()[0]
-    )
+    batcher = Batcher(data.examples, (16, 128), 4)
+    batch = batcher.build(batcher.eval_plan()[0])
     outputs = model.apply({"params": state.params}, batch, label_source="gold")
     jax_loss = float(total_loss(loss_terms(outputs, batch)))
 

@@ -19,18 +19,14 @@ from ml_collections import config_flags
 from jointre_jax.data.batching import Batcher, padding_stats
 from jointre_jax.data.corpus import load_split, make_encoder
 
-_CONFIG = None  # defined by _define_flags()
-_JSON = None  # defined by _define_flags()
-_SPLITS = None  # defined by _define_flags()
+FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    """Defines the command-line flags. Only a program run as ``__main__`` defines them, so
-    that modules imported side by side (tests, notebooks) never define a flag twice."""
-    global _CONFIG, _JSON, _SPLITS
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
-    _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
-    _SPLITS = flags.DEFINE_list("splits", None, "Splits to report (default: train, eval, test).")
+    """Command-line flags, defined only when run as a program (imports never clash)."""
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
+    flags.DEFINE_list("splits", None, "Splits to report (default: train, eval, test).")
 
 
 def build_report(config, splits=None, progress: bool = False) -> dict:
@@ -141,8 +137,8 @@ def format_report(report: dict) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    report = build_report(_CONFIG.value, _SPLITS.value, progress=not _JSON.value)
-    if _JSON.value:
+    report = build_report(FLAGS.config, FLAGS.splits, progress=not FLAGS.json)
+    if FLAGS.json:
         json.dump(report, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
