@@ -56,6 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.best_metric = ""
     # Save a resumable checkpoint every this many steps (0: only at the end of each epoch).
     config.checkpoint_every_steps = 200
+    # Score the untrained model on dev before the first step (the baseline in metrics.jsonl).
+    config.eval_before_training = True
     # Devices of the mesh (0 = every device of every process; must be 0 with several processes).
     config.num_devices = 0
 

@@ -358,7 +358,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer = _tensorboard(workdir, is_main)
     if is_main:  # keep the lines of the epochs the restored state has completed
         _truncate_log(log_path, start_epoch)
-    if step == 0:  # the baseline the scores rise from
+    if step == 0 and config.eval_before_training:  # the baseline the scores rise from
         initial = evaluate(predict, state, dev_batcher, schema, data.anchor, "dev (initial)")
         _append_log(log_path, is_main, {"epoch": 0, "step": 0, **_dev_f1s(initial)})
     for epoch in range(start_epoch, config.num_epochs):
