@@ -131,8 +131,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def epoch_seconds(rundir: pathlib.Path) -> float:
+    """Seconds of all epochs of the run in ``rundir``, summed from its ``metrics.jsonl``."""
+    lines = (rundir / "metrics.jsonl").read_text().splitlines()
+    return sum(json.loads(line).get("seconds", 0.0) for line in lines if line.strip())
+
+
 def collect(workdir, rows, encoder: str) -> list[dict]:
-    """Per row: labels, seeds found and mean/std of every P/R/F (fractions)."""
+    """Per row: labels, seeds found, mean/std of every P/R/F (fractions) and of the epochs'
+    wall time in seconds (``train_seconds``)."""
     workdir = pathlib.Path(workdir)
     table = []
     for row in rows:
@@ -143,6 +150,8 @@ def collect(workdir, rows, encoder: str) -> list[dict]:
             "re_option": row.re_option, "negatives": row.negatives,
             "seeds": [int(p.parent.name.removeprefix("seed_")) for p in runs],
         }  # fmt: skip
+        if runs:  # wall time of the epochs: training, compilation, dev evaluation, checkpoints
+            entry["train_seconds"] = _mean_std([epoch_seconds(p.parent) for p in runs])
         scored = SCORED.get(row.overrides.get("method", "joint"), GROUPS)
         for group in GROUPS:
             if group not in scored or not scores:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from benchmarks import extraction as extraction_benchmark
 from jointre_jax import extract, train
 from jointre_jax.data.brat import BratFormatError, read_document
 from jointre_jax.extraction import Criterion, Entity, Extractor, Relation
@@ -127,3 +128,37 @@ def test_grouped_view_attaches_attributes_to_their_main_entity():
     assert [t["text"] for t in hba1c["temporal"]] == ["within the last 3 months"]
     assert hba1c["negated"] is True and hba1c["links"] == {"or": ["T5"]}
     assert stroke["negated"] is False and "links" not in stroke
+
+
+def test_extraction_benchmark_counts_what_it_timed_and_padding_changes_nothing(run_dir):
+    extractor = Extractor.from_workdir(run_dir)
+    texts, doc_ids = [TEXT, "stroke\n", ""], ["d", "e", "empty"]
+    results = extraction_benchmark.run(extractor, doc_ids, texts, rounds=1)
+    expected = extractor.extract(texts, doc_ids)
+    assert results["criteria"] == 5 and results["documents"] == 3 and results["windowed"] == 1
+    assert results["entities"] == sum(len(x.entities) for x in expected)
+    for name in ("cold", "bucketed", "fixed"):
+        seconds = results[name]["seconds"]
+        assert seconds > 0 and results[name]["criteria_per_s"] == pytest.approx(5 / seconds)
+    assert results["speedup"] == pytest.approx(
+        results["fixed"]["seconds"] / results["bucketed"]["seconds"]
+    )
+    assert 0 < results["encode_seconds"] < results["bucketed"]["seconds"]
+    fixed = extraction_benchmark.fixed_length_extractor(extractor)
+    assert fixed.config.data.bucket_boundaries == (128,)  # the tiny config's longest bucket
+    padded = fixed.extract(texts, doc_ids)  # the same predictions padded to full length
+    assert [x.entities for x in padded] == [x.entities for x in expected]
+    assert _same_relations_up_to_rounding(padded, expected)
+
+
+def _same_relations_up_to_rounding(padded, expected) -> bool:
+    """Same relations; scores (rounded to 4 places) may differ in the last place."""
+    pairs = zip(
+        [r for x in padded for r in x.relations],
+        [r for x in expected for r in x.relations],
+        strict=True,
+    )
+    return all(
+        (a.type, a.head, a.tail) == (b.type, b.head, b.tail) and abs(a.score - b.score) < 2e-4
+        for a, b in pairs
+    )

@@ -57,3 +57,7 @@ def test_grid_runs_rows_and_seeds_and_writes_table4(tmp_path, monkeypatch):
         statistics.stdev(f1s)
     )
     assert f"{100 * mean:.1f} ± {100 * std:.1f}" in lines[3]
+    seconds = [grid.epoch_seconds(tmp_path / "g" / "ner" / f"seed_{s}") for s in (0, 1)]
+    assert min(seconds) > 0 and table[0]["train_seconds"][0] == pytest.approx(
+        statistics.fmean(seconds)
+    )

@@ -1,0 +1,130 @@
+"""End-to-end extraction throughput of a trained run: raw criteria text to JSON lines.
+
+    python -m benchmarks.extraction --workdir=RUN [--input=FILE|DIR] [--split=test]
+        [--rounds=2] [--json=FILE]
+
+Times ``Extractor.extract`` plus the JSON-lines serialisation of its output, the whole of what
+``python -m jointre_jax.extract`` does between reading the input and writing it, on the raw
+``.txt`` documents of a split of the run's corpus (default: Chia's test split) or on
+``--input``. The first pass compiles every bucket shape (``cold``); later passes alternate the
+run's length buckets and fixed full-length batches on the same Extractor state, and the
+fastest pass of each counts. ``encode_seconds`` is the share of a warm pass spent reading
+lines, tokenising and windowing (no model).
+
+The JSON holds ``criteria``, ``documents``, ``windowed`` lines, ``entities`` and ``relations``
+found, ``cold`` and ``bucketed`` / ``fixed`` (seconds, criteria/s), ``speedup`` (fixed seconds
+over bucketed seconds), ``compiled_shapes`` and the machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import pathlib
+import time
+
+from absl import app, flags
+
+from benchmarks.throughput import _machine
+from jointre_jax.data.accounting import Accounting
+from jointre_jax.data.brat import Document, read_text
+from jointre_jax.data.corpus import find_documents, read_split_ids
+from jointre_jax.extract import read_inputs, write_jsonl
+from jointre_jax.extraction import Extractor, iter_records
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Command-line flags, defined only when run as a program (imports never clash)."""
+    flags.DEFINE_string("workdir", None, "Trained run (best checkpoint).")
+    flags.DEFINE_string("input", None, "Text file or folder of .txt files (default: --split).")
+    flags.DEFINE_string("split", "test", "Split of the run's corpus whose raw text is used.")
+    flags.DEFINE_integer("rounds", 2, "Timed passes per side (the fastest counts).")
+    flags.DEFINE_string("json", None, "Write the results to this JSON file.")
+
+
+def split_texts(config, split: str) -> tuple[list[str], list[str]]:
+    """(doc_ids, raw texts) of the documents of ``split`` in the corpus at ``config.data.dir``."""
+    data_dir = pathlib.Path(str(config.data.dir))
+    split_file = data_dir / "splits" / f"{split}.txt"
+    paths = find_documents(data_dir / "brat", read_split_ids(split_file), split_file)
+    return [p.stem for p in paths], [read_text(p) for p in paths]
+
+
+def _timed_pass(extractor: Extractor, doc_ids, texts) -> tuple[float, list]:
+    """Seconds to extract ``texts`` and serialise them as JSON lines; and the extractions."""
+    start = time.perf_counter()
+    extractions = extractor.extract(texts, doc_ids)
+    write_jsonl(extractions, io.StringIO())
+    return time.perf_counter() - start, extractions
+
+
+def _encode_seconds(extractor: Extractor, doc_ids, texts) -> float:
+    start = time.perf_counter()
+    for doc_id, text in zip(doc_ids, texts, strict=True):
+        extractor.encoder.encode_document(Document(doc_id, text, "", ""), Accounting())
+    return time.perf_counter() - start
+
+
+def fixed_length_extractor(extractor: Extractor) -> Extractor:
+    """The same state and compiled function with one bucket: the model's maximum length."""
+    config = copy.deepcopy(extractor.config)
+    config.data.bucket_boundaries = (int(config.data.bucket_boundaries[-1]),)
+    return Extractor(config, extractor.state, extractor.predict, extractor.encoder)
+
+
+def run(extractor: Extractor, doc_ids, texts, rounds: int = 2) -> dict:
+    """All measurements of ``extractor`` on ``texts`` (see the module docstring)."""
+    cold, extractions = _timed_pass(extractor, doc_ids, texts)
+    compiled = extractor.predict._cache_size()
+    fixed = fixed_length_extractor(extractor)
+    _timed_pass(fixed, doc_ids, texts)  # compiles the full-length shape
+    best = {"bucketed": float("inf"), "fixed": float("inf")}
+    for _ in range(rounds):
+        for name, side in (("bucketed", extractor), ("fixed", fixed)):
+            best[name] = min(best[name], _timed_pass(side, doc_ids, texts)[0])
+    criteria = list(iter_records(extractions))
+    count = len(criteria)
+    rate = lambda seconds: {"seconds": seconds, "criteria_per_s": count / seconds}
+    return {
+        "criteria": count,
+        "documents": len(texts),
+        "windowed": sum(c.windows > 1 for c in criteria),
+        "entities": sum(len(c.entities) for c in criteria),
+        "relations": sum(len(c.relations) for c in criteria),
+        "cold": rate(cold),
+        "bucketed": rate(best["bucketed"]),
+        "fixed": rate(best["fixed"]),
+        "speedup": best["fixed"] / best["bucketed"],
+        "encode_seconds": _encode_seconds(extractor, doc_ids, texts),
+        "compiled_shapes": compiled,
+        "bucket_boundaries": list(extractor.config.data.bucket_boundaries),
+        "eval_batch_size": int(extractor.config.data.eval_batch_size),
+        "rounds": rounds,
+        "machine": _machine(),
+    }
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    extractor = Extractor.from_workdir(FLAGS.workdir)
+    if FLAGS.input:
+        doc_ids, texts = read_inputs(FLAGS.input)
+    else:
+        doc_ids, texts = split_texts(extractor.config, FLAGS.split)
+    results = {"workdir": str(FLAGS.workdir), "input": FLAGS.input or f"split {FLAGS.split}"}
+    results.update(run(extractor, doc_ids, texts, FLAGS.rounds))
+    text = json.dumps(results, indent=1)
+    if FLAGS.json:
+        pathlib.Path(FLAGS.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(FLAGS.json).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)
