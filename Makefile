@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # why); elsewhere prefer the CPU wheel index (see benchmarks/README.md) over PyPI's CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv test lint format demo report bench clean
+.PHONY: venv test lint format demo report bench bench-extract table4 clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,15 @@ report: $(STAMP)
 # JAX vs PyTorch and bucketed vs fixed-length throughput on this machine (under 10 minutes).
 bench: $(STAMP)
 	$(PY) -m benchmarks.throughput --config=configs/minilm_m2.py --json=benchmarks/results/cpu_minilm.json
+
+# End-to-end extraction throughput of a trained run on Chia's test split: make bench-extract RUN=DIR
+bench-extract: $(STAMP)
+	@test -n "$(RUN)" || { echo "usage: make bench-extract RUN=DIR (a trained run's workdir)"; exit 2; }
+	$(PY) -m benchmarks.extraction --workdir=$(RUN) --json=benchmarks/results/cpu_extraction.json
+
+# The Table 4 grid on the CPU budget (9 rows x 2 seeds, about 2 hours on 2 cores); resumable.
+table4: $(STAMP)
+	$(PY) -m jointre_jax.grid --config=configs/minilm_table4_cpu.py --workdir=runs/table4 --seeds=0,1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -33,7 +33,7 @@ from ml_collections import config_flags
 
 from jointre_jax import train
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("jointre_jax.grid")  # not __main__ when run with -m
 
 
 @dataclasses.dataclass(frozen=True)

@@ -128,3 +128,25 @@ def tiny_corpus(root):
     config.model.encoder = str(encoder)
     config.data.batch_size = config.data.eval_batch_size = 2
     return config
+
+
+def override_flags(config) -> list[str]:
+    """--config.x=y flags that turn configs/default.py into ``config`` (a tiny_train_config)."""
+    flat = {
+        "data.dir": config.data.dir,
+        "model.encoder": config.model.encoder,
+        "model.pretrained": config.model.pretrained,
+        "model.pair_hidden_dim": config.model.pair_hidden_dim,
+        "data.batch_size": config.data.batch_size,
+        "data.eval_batch_size": config.data.eval_batch_size,
+        "data.eval_split": config.data.eval_split,
+        "data.test_split": config.data.test_split,
+        "optim.learning_rate": config.optim.learning_rate,
+        "num_epochs": config.num_epochs,
+        "checkpoint_every_steps": config.checkpoint_every_steps,
+        "sharding.fsdp": config.sharding.fsdp,
+        "sharding.fsdp_min_size": config.sharding.fsdp_min_size,
+    }
+    return [f"--config.{k}={v}" for k, v in flat.items()] + [
+        "--config.data.bucket_boundaries=(32,)"
+    ]

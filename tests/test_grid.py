@@ -1,11 +1,16 @@
-"""The Table 4 grid runner on a tiny config with 2 seeds: runs, resume, process shares, table."""
+"""The Table 4 grid runner on a tiny config with 2 seeds: runs, resume, process shares, table;
+launch/grid.sh with 2 processes."""
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 
 import pytest
 
 from jointre_jax import grid, train
+from tests.conftest import REPO, override_flags
 from tests.test_train import tiny_train_config
 
 
@@ -61,3 +66,30 @@ def test_grid_runs_rows_and_seeds_and_writes_table4(tmp_path, monkeypatch):
     assert min(seconds) > 0 and table[0]["train_seconds"][0] == pytest.approx(
         statistics.fmean(seconds)
     )
+
+
+def test_launch_grid_sh_deals_the_runs_to_processes_and_writes_the_whole_table(tmp_path):
+    config = tiny_train_config(tmp_path / "c", epochs=1)
+    config.checkpoint_every_steps = 0
+    workdir = tmp_path / "g"
+    env = {**os.environ, "PYTHON": sys.executable}
+    command = [
+        str(REPO / "launch" / "grid.sh"), "-n", "2", "--", "--config=configs/default.py",
+        f"--workdir={workdir}", "--rows=ner,joint_m2b_gs", "--seeds=0", "--compilation_cache=none",
+        *override_flags(config),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, env=env, timeout=600, capture_output=True, text=True)
+    logs = [(workdir / f"grid_{i}.log").read_text() for i in range(2)]
+    assert done.returncode == 0, done.stderr + "\n".join(log[-3000:] for log in logs)
+    assert "run 1/2: ner seed 0" in logs[0] and "joint_m2b_gs" not in logs[0]
+    assert "run 2/2: joint_m2b_gs seed 0" in logs[1] and "ner seed 0" not in logs[1]
+    table = json.loads((workdir / "table4.json").read_text())
+    assert [(row["row"], row["seeds"]) for row in table] == [("ner", [0]), ("joint_m2b_gs", [0])]
+    assert "| joint | re_m2 bilinear only | gs-based | 1 |" in done.stdout
+
+    failed = subprocess.run(
+        [str(REPO / "launch" / "grid.sh"), "-n", "1", "--", "--config=configs/default.py",
+         f"--workdir={tmp_path / 'bad'}", "--rows=joint_m3"],
+        cwd=REPO, env=env, timeout=600, capture_output=True, text=True,
+    )  # fmt: skip
+    assert failed.returncode != 0 and "process 0 failed" in failed.stderr

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec
 from jointre_jax import inference, parallel, train
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split
-from tests.conftest import REPO
+from tests.conftest import REPO, override_flags
 from tests.test_train import tiny_train_config
 
 # Sharded and one-device steps differ only in the order of floating-point reductions.
@@ -102,28 +102,6 @@ def test_fsdp_checkpoint_restores_on_one_device(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def _override_flags(config) -> list[str]:
-    """--config.x=y flags that turn configs/default.py into ``config``."""
-    flat = {
-        "data.dir": config.data.dir,
-        "model.encoder": config.model.encoder,
-        "model.pretrained": config.model.pretrained,
-        "model.pair_hidden_dim": config.model.pair_hidden_dim,
-        "data.batch_size": config.data.batch_size,
-        "data.eval_batch_size": config.data.eval_batch_size,
-        "data.eval_split": config.data.eval_split,
-        "data.test_split": config.data.test_split,
-        "optim.learning_rate": config.optim.learning_rate,
-        "num_epochs": config.num_epochs,
-        "checkpoint_every_steps": config.checkpoint_every_steps,
-        "sharding.fsdp": config.sharding.fsdp,
-        "sharding.fsdp_min_size": config.sharding.fsdp_min_size,
-    }
-    return [f"--config.{k}={v}" for k, v in flat.items()] + [
-        "--config.data.bucket_boundaries=(32,)"
-    ]
-
-
 def test_two_processes_of_two_devices_train_and_agree(tmp_path):
     config = tiny_train_config(tmp_path, epochs=2)
     config.sharding.fsdp = 2
@@ -133,7 +111,7 @@ def test_two_processes_of_two_devices_train_and_agree(tmp_path):
     command = [
         str(REPO / "launch" / "local.sh"), "-n", "2", "-d", "2", "-l", str(logs), "--",
         sys.executable, "-m", "jointre_jax.main", "--config=configs/default.py",
-        f"--workdir={workdir}", *_override_flags(config),
+        f"--workdir={workdir}", *override_flags(config),
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, env=env, timeout=600, capture_output=True, text=True)
     texts = [(logs / f"process_{i}.log").read_text() for i in range(2)]
