@@ -25,6 +25,7 @@ import pathlib
 import time
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from benchmarks.throughput import _machine
 from jointre_jax.data.accounting import Accounting
@@ -110,6 +111,7 @@ def run(extractor: Extractor, doc_ids, texts, rounds: int = 2) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.set_verbosity(absl_logging.WARNING)
     extractor = Extractor.from_workdir(FLAGS.workdir)
     if FLAGS.input:
         doc_ids, texts = read_inputs(FLAGS.input)
