@@ -14,7 +14,10 @@ whole table. ``--config.x=y`` overrides apply to every row (epochs, learning rat
 
 The table (``DIR/table4.md`` and ``DIR/table4.json``) has the columns of the paper's Table 4:
 encoder, method, RE option, negative sampling, NER P/R/F, RE gs-based P/R/F, RE end-to-end P/R/F
-(strict), each the mean and standard deviation over seeds, in percent.
+(strict), each the mean and standard deviation over seeds, in percent. ``comparisons.md`` and
+``comparisons.json`` hold the paper's findings as F1 differences between rows paired by seed
+(joint vs standalone end-to-end RE, re_m2 vs re_m1, incremental vs gs-based negatives, joint vs
+standalone NER).
 """
 
 from __future__ import annotations
@@ -188,14 +191,76 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The paper's findings as paired comparisons (row A minus row B, same seed): (finding, A, B, score).
+_JOINT = ("joint_m1_gs", "joint_m1_inc", "joint_m2_gs", "joint_m2_inc", "joint_m2b_gs",
+          "joint_m2b_inc")  # fmt: skip
+COMPARISONS = (
+    *(("joint vs standalone end-to-end", a, "pipeline", "re_e2e") for a in _JOINT),
+    *(("joint vs standalone NER", a, "ner", "ner") for a in _JOINT),
+    *(("re_m2 vs re_m1", f"joint_{m}_{n}", f"joint_m1_{n}", score)
+      for score in ("re_e2e", "re_gs") for m in ("m2", "m2b") for n in ("gs", "inc")),
+    *(("incremental vs gs-based", f"joint_{m}_inc", f"joint_{m}_gs", score)
+      for score in ("re_e2e", "re_gs") for m in ("m1", "m2", "m2b")),
+)  # fmt: skip
+
+
+def _f1_by_seed(workdir: pathlib.Path, row: str, group: str) -> dict[int, float]:
+    runs = (workdir / row).glob("seed_*/metrics.json")
+    return {
+        int(p.parent.name.removeprefix("seed_")): json.loads(p.read_text())[group]["f1"]
+        for p in runs
+    }
+
+
+def compare(workdir) -> list[dict]:
+    """Paired F1 differences of :data:`COMPARISONS` over the seeds both rows have finished
+    (pairs with no common seed are left out): finding, rows, score, per-seed differences,
+    their mean and standard deviation, and how many seeds favour row A (fractions)."""
+    workdir = pathlib.Path(workdir)
+    found = []
+    for finding, row_a, row_b, group in COMPARISONS:
+        a, b = _f1_by_seed(workdir, row_a, group), _f1_by_seed(workdir, row_b, group)
+        seeds = sorted(a.keys() & b.keys())
+        if not seeds:
+            continue
+        diffs = [a[s] - b[s] for s in seeds]
+        mean, std = _mean_std(diffs)
+        found.append({
+            "finding": finding, "a": row_a, "b": row_b, "score": group, "seeds": seeds,
+            "differences": diffs, "mean": mean, "std": std,
+            "a_better": sum(d > 0 for d in diffs),
+        })  # fmt: skip
+    return found
+
+
+def comparisons_markdown(found: list[dict]) -> str:
+    """Markdown of :func:`compare`: one line per comparison, F1 points (percent)."""
+    lines = [
+        "| finding | A | B | F1 | A - B per seed | mean ± std | seeds with A > B |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in found:
+        per_seed = ", ".join(f"{100 * d:+.1f}" for d in c["differences"])
+        spread = f" ± {100 * c['std']:.1f}" if len(c["seeds"]) > 1 else ""
+        lines.append(
+            f"| {c['finding']} | {c['a']} | {c['b']} | {c['score']} | {per_seed} "
+            f"| {100 * c['mean']:+.1f}{spread} | {c['a_better']}/{len(c['seeds'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_table(workdir, rows, encoder: str) -> str:
-    """Writes ``workdir/table4.md`` and ``table4.json``; returns the markdown."""
+    """Writes ``workdir/table4.md`` and ``table4.json``, and the paired comparisons of the
+    paper's findings to ``comparisons.md`` and ``comparisons.json``; returns the table."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     table = collect(workdir, rows, encoder)
     text = markdown(table)
     (workdir / "table4.md").write_text(text)
     (workdir / "table4.json").write_text(json.dumps(table, indent=1))
+    found = compare(workdir)
+    (workdir / "comparisons.md").write_text(comparisons_markdown(found))
+    (workdir / "comparisons.json").write_text(json.dumps(found, indent=1))
     return text
 
 

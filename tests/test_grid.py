@@ -62,6 +62,20 @@ def test_grid_runs_rows_and_seeds_and_writes_table4(tmp_path, monkeypatch):
         statistics.stdev(f1s)
     )
     assert f"{100 * mean:.1f} ± {100 * std:.1f}" in lines[3]
+    ner_f1s = [
+        json.loads((tmp_path / "g" / row / f"seed_{s}" / "metrics.json").read_text())["ner"]["f1"]
+        for row in ("joint_m2b_gs", "ner")
+        for s in (0, 1)
+    ]
+    (found,) = json.loads((tmp_path / "g" / "comparisons.json").read_text())  # the only pair
+    assert (found["finding"], found["a"], found["b"], found["score"]) == (
+        "joint vs standalone NER", "joint_m2b_gs", "ner", "ner"
+    )  # fmt: skip
+    diffs = [ner_f1s[0] - ner_f1s[2], ner_f1s[1] - ner_f1s[3]]
+    assert found["differences"] == pytest.approx(diffs) and found["seeds"] == [0, 1]
+    assert found["a_better"] == sum(d > 0 for d in diffs)
+    compared = (tmp_path / "g" / "comparisons.md").read_text().splitlines()
+    assert compared[2].startswith("| joint vs standalone NER | joint_m2b_gs | ner | ner | ")
     seconds = [grid.epoch_seconds(tmp_path / "g" / "ner" / f"seed_{s}") for s in (0, 1)]
     assert min(seconds) > 0 and table[0]["train_seconds"][0] == pytest.approx(
         statistics.fmean(seconds)
