@@ -142,6 +142,17 @@ def test_pair_scorer_matches_explicit_formulas(option):
     np.testing.assert_allclose(scores[b, i, j], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("option", ["m1", "m2", "m2_bilinear"])
+def test_pair_scores_start_with_a_spread_of_order_one(option):
+    # Large initial scores (a bilinear fan-in of d instead of d * d gave a spread of about 8
+    # at d = 256) send large RE gradients into the shared encoder at the start of training.
+    features = jax.random.normal(jax.random.key(0), (4, 32, 384))
+    scorer = PairScorer(num_relations=11, hidden_dim=256, re_option=option)
+    params = scorer.init(jax.random.key(1), features)["params"]
+    spread = float(np.std(np.asarray(scorer.apply({"params": params}, features))))
+    assert 0.2 < spread < 2.0, spread
+
+
 @pytest.mark.parametrize("method", ["joint", "ner", "re", "pipeline"])
 def test_model_outputs_and_losses(method):
     batch = {k: jnp.asarray(v) for k, v in gold_batch().items()}
