@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import pathlib
 import time
 
 from absl import app, flags
 from absl import logging as absl_logging
 
-from benchmarks.throughput import _machine
+from benchmarks.throughput import machine, print_and_save
 from jointre_jax.data.accounting import Accounting
 from jointre_jax.data.brat import Document, read_text
 from jointre_jax.data.corpus import find_documents, read_split_ids
@@ -104,7 +103,7 @@ def run(extractor: Extractor, doc_ids, texts, rounds: int = 2) -> dict:
         "bucket_boundaries": list(extractor.config.data.bucket_boundaries),
         "eval_batch_size": int(extractor.config.data.eval_batch_size),
         "rounds": rounds,
-        "machine": _machine(),
+        "machine": machine(),
     }
 
 
@@ -119,11 +118,7 @@ def main(argv):
         doc_ids, texts = split_texts(extractor.config, FLAGS.split)
     results = {"workdir": str(FLAGS.workdir), "input": FLAGS.input or f"split {FLAGS.split}"}
     results.update(run(extractor, doc_ids, texts, FLAGS.rounds))
-    text = json.dumps(results, indent=1)
-    if FLAGS.json:
-        pathlib.Path(FLAGS.json).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(FLAGS.json).write_text(text + "\n")
-    print(text)
+    print_and_save(results, FLAGS.json)
 
 
 if __name__ == "__main__":

@@ -284,7 +284,7 @@ def run(
             "attention": "jax.nn.dot_product_attention (XLA default) at inference; explicit "
             "einsum softmax with attention dropout in training",
         },  # fmt: skip
-        "machine": _machine(),
+        "machine": machine(),
         "train": {"jax": _rate(bucketed, best["jax_train"], real_train)},
         "infer": {"jax": _rate(infer, best["jax_infer"], real_infer)},
         "compile": {
@@ -327,7 +327,7 @@ def _peak_flops() -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
 
 
-def _machine() -> dict:
+def machine() -> dict:
     import flax
     import transformers
 
@@ -351,6 +351,15 @@ def _machine() -> dict:
     return info
 
 
+def print_and_save(results: dict, path: str | None) -> None:
+    """Prints ``results`` as JSON and, if ``path`` is given, writes it there too."""
+    text = json.dumps(results, indent=1)
+    if path:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(path).write_text(text + "\n")
+    print(text)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -358,11 +367,7 @@ def main(argv):
         FLAGS.config, FLAGS.train_batches, FLAGS.infer_batches, FLAGS.rounds,
         FLAGS.threads, FLAGS.encoder_size, not FLAGS.skip_torch, FLAGS.fixed,
     )  # fmt: skip
-    text = json.dumps(results, indent=1)
-    if FLAGS.json:
-        pathlib.Path(FLAGS.json).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(FLAGS.json).write_text(text + "\n")
-    print(text)
+    print_and_save(results, FLAGS.json)
 
 
 if __name__ == "__main__":
