@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import copy
 import io
-import pathlib
 import time
 
 from absl import app, flags
 from absl import logging as absl_logging
 
 from benchmarks.throughput import machine, print_and_save
-from jointre_jax.data.accounting import Accounting
-from jointre_jax.data.brat import Document, read_text
-from jointre_jax.data.corpus import find_documents, read_split_ids
+from jointre_jax.data.brat import read_text
+from jointre_jax.data.corpus import split_documents
 from jointre_jax.extract import read_inputs, write_jsonl
 from jointre_jax.extraction import Extractor, iter_records
 
@@ -47,9 +45,7 @@ def _define_flags() -> None:
 
 def split_texts(config, split: str) -> tuple[list[str], list[str]]:
     """(doc_ids, raw texts) of the documents of ``split`` in the corpus at ``config.data.dir``."""
-    data_dir = pathlib.Path(str(config.data.dir))
-    split_file = data_dir / "splits" / f"{split}.txt"
-    paths = find_documents(data_dir / "brat", read_split_ids(split_file), split_file)
+    paths = split_documents(config, split)
     return [p.stem for p in paths], [read_text(p) for p in paths]
 
 
@@ -63,8 +59,7 @@ def _timed_pass(extractor: Extractor, doc_ids, texts) -> tuple[float, list]:
 
 def _encode_seconds(extractor: Extractor, doc_ids, texts) -> float:
     start = time.perf_counter()
-    for doc_id, text in zip(doc_ids, texts, strict=True):
-        extractor.encoder.encode_document(Document(doc_id, text, "", ""), Accounting())
+    extractor.encode(texts, doc_ids)
     return time.perf_counter() - start
 
 

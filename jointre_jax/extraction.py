@@ -111,12 +111,7 @@ class Extractor:
         doc_ids = list(doc_ids) if doc_ids is not None else [str(i) for i in range(len(texts))]
         if len(doc_ids) != len(texts):
             raise ValueError(f"{len(doc_ids)} doc_ids for {len(texts)} texts")
-        examples, owners = [], []
-        for number, (doc_id, text) in enumerate(zip(doc_ids, texts, strict=True)):
-            doc = Document(doc_id, text, txt_path="", ann_path="")
-            for example in self.encoder.encode_document(doc, Accounting()):
-                examples.append(example)
-                owners.append(number)
+        examples, owners = self.encode(texts, doc_ids)
         results = [DocumentExtraction(d, t, []) for d, t in zip(doc_ids, texts, strict=True)]
         if not examples:
             return results
@@ -130,6 +125,17 @@ class Extractor:
             owner = owners[index]
             numbered[owner] += self._add(results[owner], example, numbered[owner], *decoded[index])
         return results
+
+    def encode(self, texts: Sequence[str], doc_ids: Sequence[str]) -> tuple[list, list[int]]:
+        """The model's examples of every criterion line of ``texts`` (long lines windowed), and
+        for each example the index of the text it came from. No model is run."""
+        examples, owners = [], []
+        for number, (doc_id, text) in enumerate(zip(doc_ids, texts, strict=True)):
+            doc = Document(doc_id, text, txt_path="", ann_path="")
+            for example in self.encoder.encode_document(doc, Accounting()):
+                examples.append(example)
+                owners.append(number)
+        return examples, owners
 
     def _add(self, result: DocumentExtraction, example, numbered: int, entities, relations) -> int:
         """Adds one example's predictions to ``result``, numbering its entities from

@@ -134,6 +134,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def finished_runs(workdir: pathlib.Path, row: str) -> dict[int, pathlib.Path]:
+    """Seed -> ``metrics.json`` of every finished run of ``row`` in the grid at ``workdir``."""
+    paths = (workdir / row).glob("seed_*/metrics.json")
+    return {int(p.parent.name.removeprefix("seed_")): p for p in sorted(paths)}
+
+
 def epoch_seconds(rundir: pathlib.Path) -> float:
     """Seconds of all epochs of the run in ``rundir``, summed from its ``metrics.jsonl``."""
     lines = (rundir / "metrics.jsonl").read_text().splitlines()
@@ -146,12 +152,12 @@ def collect(workdir, rows, encoder: str) -> list[dict]:
     workdir = pathlib.Path(workdir)
     table = []
     for row in rows:
-        runs = sorted((workdir / row.name).glob("seed_*/metrics.json"))
+        found = finished_runs(workdir, row.name)
+        runs = [found[seed] for seed in sorted(found)]
         scores = [json.loads(path.read_text()) for path in runs]
         entry = {
             "row": row.name, "encoder": encoder, "method": row.method,
-            "re_option": row.re_option, "negatives": row.negatives,
-            "seeds": [int(p.parent.name.removeprefix("seed_")) for p in runs],
+            "re_option": row.re_option, "negatives": row.negatives, "seeds": sorted(found),
         }  # fmt: skip
         if runs:  # wall time of the epochs: training, compilation, dev evaluation, checkpoints
             entry["train_seconds"] = _mean_std([epoch_seconds(p.parent) for p in runs])
@@ -205,11 +211,8 @@ COMPARISONS = (
 
 
 def _f1_by_seed(workdir: pathlib.Path, row: str, group: str) -> dict[int, float]:
-    runs = (workdir / row).glob("seed_*/metrics.json")
-    return {
-        int(p.parent.name.removeprefix("seed_")): json.loads(p.read_text())[group]["f1"]
-        for p in runs
-    }
+    runs = finished_runs(workdir, row)
+    return {seed: json.loads(path.read_text())[group]["f1"] for seed, path in runs.items()}
 
 
 def compare(workdir) -> list[dict]:

@@ -119,6 +119,19 @@ def encode_files(
     return examples, total
 
 
+def split_documents(config, split: str) -> list[pathlib.Path]:
+    """The ``.txt`` paths of ``split``'s documents in the corpus at ``config.data.dir``
+    (``splits/<split>.txt`` over ``brat/``); a missing corpus folder is a clear error."""
+    data_dir = pathlib.Path(str(config.data.dir))
+    if not str(config.data.dir) or not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"corpus folder {str(config.data.dir)!r} not found: set --config.data.dir or "
+            "JOINTRE_DATA_DIR to a folder with brat/ and splits/"
+        )
+    split_file = data_dir / "splits" / f"{split}.txt"
+    return find_documents(data_dir / "brat", read_split_ids(split_file), split_file)
+
+
 def load_split(
     config, split: str, encoder: Encoder | None = None, progress: bool = True
 ) -> SplitData:
@@ -129,16 +142,7 @@ def load_split(
     read.
     """
     encoder = encoder or make_encoder(config)
-    data_dir = pathlib.Path(str(config.data.dir))
-    if not str(config.data.dir) or not data_dir.is_dir():
-        raise FileNotFoundError(
-            f"corpus folder {str(config.data.dir)!r} not found: set --config.data.dir or "
-            "JOINTRE_DATA_DIR to a folder with brat/ and splits/"
-        )
-    split_file = data_dir / "splits" / f"{split}.txt"
-    ids = read_split_ids(split_file)
-    paths = find_documents(data_dir / "brat", ids, split_file)
-    examples, acc = encode_files(paths, encoder, split, progress)
+    examples, acc = encode_files(split_documents(config, split), encoder, split, progress)
     field = "max_train_examples" if split == config.data.train_split else "max_eval_examples"
     limit = int(config.data.get(field, 0) or 0)
     if limit > 0:
