@@ -67,13 +67,15 @@ def fixed_length_extractor(extractor: Extractor) -> Extractor:
     """The same state and compiled function with one bucket: the model's maximum length."""
     config = copy.deepcopy(extractor.config)
     config.data.bucket_boundaries = (int(config.data.bucket_boundaries[-1]),)
-    return Extractor(config, extractor.state, extractor.predict, extractor.encoder)
+    predictor = copy.copy(extractor.predictor)  # the same parameters and jitted function
+    predictor.config = config
+    return Extractor(config, predictor, extractor.encoder)
 
 
 def run(extractor: Extractor, doc_ids, texts, rounds: int = 2) -> dict:
     """All measurements of ``extractor`` on ``texts`` (see the module docstring)."""
     cold, extractions = _timed_pass(extractor, doc_ids, texts)
-    compiled = extractor.predict._cache_size()
+    compiled = extractor.predictor.predict_fn._cache_size()
     fixed = fixed_length_extractor(extractor)
     _timed_pass(fixed, doc_ids, texts)  # compiles the full-length shape
     best = {"bucketed": float("inf"), "fixed": float("inf")}

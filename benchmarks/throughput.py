@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jointre_jax import parallel, train
+from jointre_jax import parallel, runtime
 from jointre_jax.data.batching import Batcher, PlannedBatch, padding_stats
 from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.model.bert import BertConfig
@@ -123,11 +123,13 @@ def _rate(batches, seconds: float, real_tokens: int) -> dict:
 class JaxSide:
     """The jitted train and predict steps of the config's model on all local devices."""
 
-    def __init__(self, config, schema, bert, weights_dir):
-        self.model = train.create_model(config, schema, bert)
-        self.mesh = train.make_mesh(config)
-        self.initial = train.create_state(config, self.model, weights_dir, 10_000, self.mesh)
-        self.train_fn, self.predict_fn = train.jit_steps(self.mesh, self.initial)
+    def __init__(self, config, scheme, schema, bert, weights_dir):
+        self.model = runtime.create_model(config, scheme, schema.num_relation_labels, bert)
+        self.mesh = runtime.make_mesh(config)
+        self.initial = runtime.create_state(config, self.model, weights_dir, 10_000, self.mesh)
+        options = runtime.loss_options(config, scheme)
+        self.train_fn = runtime.jit_train_step(self.mesh, self.initial, options)
+        self.predict_fn = runtime.jit_predict_step(self.mesh, self.initial.params, self.model)
         self.sharding = parallel.batch_sharding(self.mesh)
         self.rng = jax.random.key(0)
         self.state = None
@@ -149,7 +151,7 @@ class JaxSide:
     def infer_pass(self, batches) -> float:
         start = time.perf_counter()
         for batch in batches:
-            out = self.predict_fn(self.initial, parallel.global_batch(batch, self.sharding))
+            out = self.predict_fn(self.initial.params, parallel.global_batch(batch, self.sharding))
             jax.device_get(out)  # predictions reach the host, as extraction needs them
         return time.perf_counter() - start
 
@@ -157,7 +159,7 @@ class JaxSide:
 class TorchSide:
     """The PyTorch reference with the same initial parameters, AdamW like optax's."""
 
-    def __init__(self, config, schema, bert, jax_params, threads: int):
+    def __init__(self, config, scheme, schema, bert, jax_params, threads: int):
         import torch
 
         from benchmarks import torch_reference as ref
@@ -165,7 +167,7 @@ class TorchSide:
         torch.set_num_threads(threads)
         self.torch, self.ref = torch, ref
         self.model = ref.TorchJointModel(
-            ref.bert_config(bert), schema.num_bio_tags, schema.num_relation_labels,
+            ref.bert_config(bert), scheme.num_classes, schema.num_relation_labels,
             config.model.re_option, config.model.ner_label_embedding_dim,
             config.model.pair_hidden_dim, config.model.dropout_rate,
         )  # fmt: skip
@@ -229,20 +231,22 @@ def run(
     data = load_split(config, config.data.train_split, encoder, progress=False)
     if encoder_size == "base":
         config.model.encoder, config.model.pretrained = str(base_encoder_dir(config)), False
-    bert, weights_dir = train.encoder_config(config)
+    bert, weights_dir = runtime.encoder_config(config)
+    config.model.max_entities = runtime.entity_slots_of(config, data.examples)
     boundaries, size = config.data.bucket_boundaries, config.data.batch_size
-    batcher = Batcher(data.examples, boundaries, size, config.data.anchor, config.seed)
+    scheme = encoder.scheme
+    batcher = Batcher(data.examples, boundaries, size, config.seed, scheme)
     plan = batcher.epoch_plan(0)
     planned = sample_batches(batcher, plan, train_batches)
     bucketed = [batcher.build(p) for p in planned]
     padded = [batcher.build(PlannedBatch(boundaries[-1], p.indices)) for p in planned]
-    eval_batcher = train.eval_batcher(config, data.examples)
+    eval_batcher = Batcher(data.examples, boundaries, config.data.eval_batch_size, 0, scheme)
     infer_planned = sample_batches(eval_batcher, eval_batcher.eval_plan(), infer_batches, 1)
     infer = [eval_batcher.build(p) for p in infer_planned]
     real_train = int(sum(batcher.lengths[p.indices].sum() for p in planned))
     real_infer = int(sum(eval_batcher.lengths[p.indices].sum() for p in infer_planned))
 
-    jax_side = JaxSide(config, data.schema, bert, weights_dir)
+    jax_side = JaxSide(config, scheme, data.schema, bert, weights_dir)
     compile_start = time.perf_counter()
     jax_side.train_pass(bucketed)
     compile_train = time.perf_counter() - compile_start
@@ -256,7 +260,7 @@ def run(
     }
     torch_side = None
     if with_torch:
-        torch_side = TorchSide(config, data.schema, bert, jax_side.initial.params, threads)
+        torch_side = TorchSide(config, scheme, data.schema, bert, jax_side.initial.params, threads)
         torch_side.train_pass(bucketed[:2])  # warm-up: allocator, kernels
         torch_side.infer_pass(infer[:2])
         passes["torch_train"] = lambda: torch_side.train_pass(bucketed)

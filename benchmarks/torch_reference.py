@@ -22,14 +22,14 @@ from jointre_jax.model.pretrained import convert_pytorch_state
 
 
 class TorchJointModel(nn.Module):
-    """BERT + NER + pair scores. ``forward(batch)`` takes the batch dict of
-    ``data.batching`` as torch tensors and returns (ner_logits [B, L, T], re_logits
-    [B, L, L, R])."""
+    """BERT + word-level BIO NER + pair scores between the gold entities (first-word anchors).
+    ``forward(batch)`` takes the batch dict of ``data.batching`` as torch tensors and returns
+    (ner_logits [B, L, T] over words, re_logits [B, N, N, R] over the gold entity table)."""
 
     def __init__(
         self,
         bert_config: BertConfig,
-        num_bio_tags: int,
+        num_tags: int,
         num_relations: int,
         re_option: str = "m2_bilinear",
         label_embedding_dim: int = 16,
@@ -41,8 +41,8 @@ class TorchJointModel(nn.Module):
         hidden = bert_config.hidden_size
         self.re_option = re_option
         self.dropout = nn.Dropout(dropout_rate)
-        self.ner = nn.Linear(hidden, num_bio_tags)
-        self.label_embedding = nn.Embedding(num_bio_tags, label_embedding_dim)
+        self.ner = nn.Linear(hidden, num_tags)
+        self.label_embedding = nn.Embedding(num_tags, label_embedding_dim)
         features = hidden + label_embedding_dim
         self.head = nn.Linear(features, pair_hidden_dim)
         self.tail = nn.Linear(features, pair_hidden_dim)
@@ -61,9 +61,11 @@ class TorchJointModel(nn.Module):
             input_ids=batch["input_ids"], attention_mask=batch["input_mask"].long()
         ).last_hidden_state
         hidden = self.dropout(hidden)
-        ner_logits = self.ner(hidden)
+        words = _gather(hidden, batch["word_index"])
+        ner_logits = self.ner(words)
         labels = batch["ner_labels"] if label_source == "gold" else ner_logits.argmax(-1)
-        features = torch.cat([hidden, self.label_embedding(labels)], dim=-1)
+        features = torch.cat([words, self.label_embedding(labels)], dim=-1)
+        features = _gather(features, batch["entity_start"])  # first-word anchors
         head = self.dropout(F.relu(self.head(features)))
         tail = self.dropout(F.relu(self.tail(features)))
         if self.re_option == "m1":  # W (h_i + t_j) + b
@@ -77,10 +79,15 @@ class TorchJointModel(nn.Module):
         return ner_logits, scores
 
 
+def _gather(values, index):
+    """values [B, L, D] at index [B, N] -> [B, N, D]."""
+    return torch.gather(values, 1, index[:, :, None].expand(-1, -1, values.shape[-1]))
+
+
 def joint_loss(ner_logits, re_logits, batch) -> torch.Tensor:
-    """Mean NER cross-entropy over real wordpieces + mean RE cross-entropy over the gs-based
-    pairs (ordered pairs of distinct gold anchors), as ``losses.loss_terms``/``total_loss``."""
-    label_mask = batch["label_mask"] & batch["row_mask"][:, None]
+    """Mean NER cross-entropy over real words + mean RE cross-entropy over the gs-based pairs
+    (ordered pairs of distinct gold entities), as ``losses.loss_terms``/``total_loss``."""
+    label_mask = batch["word_mask"] & batch["row_mask"][:, None]
     ner = F.cross_entropy(ner_logits[label_mask], batch["ner_labels"][label_mask], reduction="sum")
     ner = ner / label_mask.sum().clamp(min=1)
     gold = batch["entity_type"] > 0

@@ -105,10 +105,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.entity_aliases = ()
     # Same for relation and group types.
     config.data.relation_aliases = ()
-    # Wordpiece of an entity where its relations live: "first" or "last".
+    # BIO: the word of an entity whose features score its relations: "first" or "last".
     config.data.anchor = "first"
-    # Which of overlapping/nested entities BIO keeps: "most_relations" (maximum total weight,
-    # weight = 1 + number of relations of the entity), "longest" or "shortest" (greedy).
+    # BIO: which of overlapping/nested entities the tags keep: "most_relations" (maximum total
+    # weight, weight = 1 + number of relations of the entity), "longest" or "shortest" (greedy).
     config.data.overlap_policy = "most_relations"
     # Padded lengths of the length buckets (ascending, last = max_length). Each bucket is one
     # static shape, hence one compilation of the train step.
@@ -126,6 +126,18 @@ def get_config() -> ml_collections.ConfigDict:
     # Lowercase before wordpiece tokenisation. Unset: as the tokenizer files say. Set it for
     # checkpoints whose files say nothing (BioBERT is cased but ships no tokenizer config).
     config.model.lowercase = config_dict.placeholder(bool)
+    # NER decoder: "bio" (one BIO tag per word, the paper's) or "span" (a biaffine start-end
+    # scorer over all word spans, nested entities kept; relations scored between entities).
+    config.model.ner_decoder = "bio"
+    # span: the widest entity in words (16 holds 99.96% of Chia's training entities; wider
+    # ones are counted "too_wide").
+    config.model.max_span_width = 16
+    # span: size of the start and end vectors of the biaffine span scorer.
+    config.model.span_hidden_dim = 256
+    # Slots of the entity tables (gold and decoded entities per example, static shapes);
+    # 0: the most entities of any training example, rounded up to a multiple of 8. Decoded or
+    # gold entities beyond it are counted ("overflow" in the scores), never silently lost.
+    config.model.max_entities = 0
     # False: initialise the encoder randomly from the encoder's config.json (no weights).
     config.model.pretrained = True
     # "joint" (NER + RE, one encoder), "ner" (standalone NER), "re" (standalone RE on gold
@@ -137,7 +149,8 @@ def get_config() -> ml_collections.ConfigDict:
     # RE negatives: "gs-based" (all gold entity pairs) or "incremental" (gold relations plus
     # pairs of predicted entities); incremental needs method="joint".
     config.model.negative_sampling = "gs-based"
-    # Size of the NER label embedding concatenated with the encoder output (paper: 16).
+    # Size of the NER label embedding concatenated with the encoder output (paper: 16); for
+    # the span decoder, the entity type embedding of each entity's relation features.
     config.model.ner_label_embedding_dim = 16
     # Labels the embedding reads while training: "gold" (teacher forcing, as in the joint
     # model the paper builds on) or "predicted"; inference always uses predicted labels.
@@ -156,6 +169,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim = ml_collections.ConfigDict()
     # Peak learning rate of AdamW (paper: 2e-5).
     config.optim.learning_rate = 2e-5
+    # Peak learning rate of the new heads (everything but the pre-trained encoders); 0: the
+    # same as learning_rate.
+    config.optim.head_learning_rate = 0.0
     # Fraction of the steps with linear warmup; linear decay to 0 afterwards.
     config.optim.warmup_fraction = 0.1
     # AdamW decoupled weight decay.

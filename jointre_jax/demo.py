@@ -12,7 +12,6 @@ from ml_collections import config_flags
 from jointre_jax import inference, train
 from jointre_jax.data.corpus import load_split
 from jointre_jax.data.sample import write_sample_corpus, write_tiny_encoder
-from jointre_jax.evaluation import decode_example
 
 FLAGS = flags.FLAGS
 
@@ -39,20 +38,18 @@ def prepare(config, workdir: pathlib.Path) -> str:
 
 def show_extractions(workdir: pathlib.Path, count: int) -> None:
     """Prints ``count`` test criteria with the entities and relations the model extracts."""
-    config, state, predict, encoder = inference.load_run(workdir)
+    config, predictor, encoder = inference.load_run(workdir)
     examples = load_split(config, config.data.test_split, encoder, progress=False).examples
     chosen = [ex for ex in examples if len(ex.entities) >= 3][:count]
     schema = encoder.schema
-    for index, tags, rels in train.predictions(
-        predict, state, train.eval_batcher(config, chosen), None
-    ):
+    for index, prediction in sorted(predictor.predict(chosen)):
         example = chosen[index]
-        entities, relations = decode_example(example, tags, rels, config.data.anchor)
+        entities = prediction.entities
         print(f"\n  {example.text}")
         for e in entities:
             mention = example.text[e.char_start : e.char_end]
             print(f"    [{schema.entity_types[e.label]}] {mention}")
-        for h, t, label, score in relations:
+        for h, t, label, score in prediction.relations:
             head = example.text[entities[h].char_start : entities[h].char_end]
             tail = example.text[entities[t].char_start : entities[t].char_end]
             print(f"    {schema.relation_labels[label]}({head} -> {tail})  p={score:.2f}")
@@ -67,10 +64,18 @@ def main(argv):
     used = prepare(config, workdir)
     print(f"demo: training on {used}")
     results = train.train_and_evaluate(config, workdir)
-    print(f"\ntest scores (best epoch {results['best_epoch']}), encoded gold:")
-    for key, name in (("ner", "NER"), ("re_gs", "RE gs-based"), ("re_e2e", "RE end-to-end")):
-        r = results[key]
-        print(f"  {name:14s} P {r['precision']:.3f}  R {r['recall']:.3f}  F1 {r['f1']:.3f}")
+    print(f"\ntest scores (best epoch {results['best_epoch']}):")
+    rows = [
+        ("NER", "corpus gold", results["corpus"]["ner"]),
+        ("RE end-to-end", "corpus gold", results["corpus"]["re_e2e"]),
+        ("NER", "encoded gold", results["ner"]),
+        ("RE gs-based", "encoded gold", results["re_gs"]),
+        ("RE end-to-end", "encoded gold", results["re_e2e"]),
+    ]
+    for name, gold, r in rows:
+        print(
+            f"  {name:14s} {gold:12s} P {r['precision']:.3f}  R {r['recall']:.3f}  F1 {r['f1']:.3f}"
+        )
     print(f"\nextractions on test criteria (all scores in {workdir / 'metrics.json'}):")
     show_extractions(workdir, FLAGS.show)
 

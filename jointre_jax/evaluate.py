@@ -3,7 +3,9 @@
     python -m jointre_jax.evaluate --workdir=DIR --brat_dir=D [--split_file=F] --out=FILE
 
 The run's own config (``DIR/config.json``) gives the schema, tokenizer and model; the best
-checkpoint (``DIR/best``, else the latest) gives the parameters. ``--split_file`` restricts the
+checkpoint (``DIR/best``, else the latest) gives the parameters. Scores count against the
+corpus gold (every annotation of the kept types, the ``corpus`` block) and the encoded gold
+(what the run's label scheme can hold). ``--split_file`` restricts the
 folder to the documents it lists (id prefixes, one a line).
 """
 
@@ -35,7 +37,9 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
     results = evaluate_folder(FLAGS.workdir, FLAGS.brat_dir, FLAGS.split_file)
     pathlib.Path(FLAGS.out).write_text(json.dumps(results, indent=1))
-    summary = {k: round(results[k]["f1"], 4) for k in ("ner", "re_gs", "re_e2e")}
+    encoded = {k: round(results[k]["f1"], 4) for k in ("ner", "re_gs", "re_e2e")}
+    corpus = {k: round(results["corpus"][k]["f1"], 4) for k in ("ner", "re_e2e")}
+    summary = {"corpus_gold": corpus, "encoded_gold": encoded}
     print(json.dumps({"out": FLAGS.out, "f1": summary, "devices": jax.device_count()}))
 
 

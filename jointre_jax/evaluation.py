@@ -1,97 +1,30 @@
-"""Decoding of model outputs into entities and relations, and the P/R/F1 scorers.
+"""The P/R/F1 scorers of predictions, against two golds.
 
-Scores count against the *encoded* gold: the entities and relations the data pipeline kept
-(see the data report for what the BIO encoding could not represent). Counts are integers
-aggregated over the whole split; precision, recall and F1 are computed once at the end.
+* **Encoded gold** (:class:`Scorer`): the entities and relations the data pipeline kept in the
+  examples (what the label scheme can hold; the data report says how much of the annotation
+  that is). NER strict (word span and type), micro and per type; RE among gold entities; RE
+  end-to-end among predicted entities, ``strict`` (both spans, both types and the relation
+  type) and ``boundaries`` (both spans and the relation type).
+* **Corpus gold** (:class:`CorpusGold`, :class:`CorpusScorer`): every entity and relation of
+  the kept types as written in the ``.ann`` files: discontinuous, nested, overlapping and
+  cross-line entities included, OR groups expanded as the schema says. A predicted entity
+  matches when its type and its character span(s) equal a gold one; whatever the encoding
+  cannot represent counts as a miss. This is the gold to compare with other systems.
 
-* NER: strict (span and type), micro and per type.
-* RE gs-based: relations predicted among the gold entity anchors.
-* RE end-to-end: relations among predicted entities; ``strict`` needs both spans, both types
-  and the relation type right, ``boundaries`` both spans and the relation type.
+Counts are integers aggregated over the whole split; precision, recall and F1 are computed once
+at the end.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 
 import numpy as np
 
+from jointre_jax.data.brat import Document
 from jointre_jax.data.encode import Example
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictedEntity:
-    """An entity predicted in an example: wordpiece span [start, end), type id, characters."""
-
-    start: int
-    end: int
-    label: int
-    char_start: int
-    char_end: int
-
-
-def bio_to_spans(tags: np.ndarray, length: int) -> list[tuple[int, int, int]]:
-    """(start, end, type id) spans of BIO tag ids over wordpieces 1..length-2 (seqeval rules)."""
-    spans, current = [], None
-    for i in range(1, length - 1):
-        tag = int(tags[i])
-        kind = (tag - 1) // 2 if tag else -1
-        inside = tag > 0 and (tag - 1) % 2 == 1
-        if current and inside and kind == current[2]:
-            current[1] = i + 1
-            continue
-        if current:
-            spans.append(tuple(current))
-        current = [i, i + 1, kind] if tag else None
-    if current:
-        spans.append(tuple(current))
-    return spans
-
-
-def decode_example(example: Example, tags: np.ndarray, relations_out=None, anchor: str = "first"):
-    """Entities and relations predicted for one example.
-
-    Args:
-      tags: int [L] predicted BIO tag ids (padded length L >= example.length), or None for a
-        model without NER: the example's gold entities are then the predicted ones.
-      relations_out: None, or (labels int [L, L] best relation label of each anchor pair,
-        probs float [L, L] its probability).
-    Returns:
-      (entities: list[PredictedEntity], relations: list[(head index, tail index, label, score)])
-      where a relation is kept when its best label is not "none" (0).
-    """
-    if tags is None:
-        tags = example.ner_tags
-    entities = [
-        PredictedEntity(s, e, k, int(example.offsets[s][0]), int(example.offsets[e - 1][1]))
-        for s, e, k in bio_to_spans(tags, example.length)
-    ]
-    relations = []
-    if relations_out is not None and len(entities) > 1:
-        labels, probs = relations_out
-        anchors = np.array([e.start if anchor == "first" else e.end - 1 for e in entities])
-        best = labels[np.ix_(anchors, anchors)]  # [E, E]
-        score = probs[np.ix_(anchors, anchors)]
-        for h, t in zip(*np.nonzero(best), strict=True):
-            if h != t:
-                relations.append((int(h), int(t), int(best[h, t]), float(score[h, t])))
-    return entities, relations
-
-
-def gold_pair_predictions(example: Example, relation_labels: np.ndarray, anchor: str = "first"):
-    """(head, tail, label) predicted between the example's gold entities (gs-based RE).
-
-    ``relation_labels``: int [L, L] best relation label of each anchor pair.
-    """
-    anchors = [example.anchor(i, anchor) for i in range(len(example.entities))]
-    out = []
-    for h, a in enumerate(anchors):
-        for t, b in enumerate(anchors):
-            label = int(relation_labels[a, b])
-            if h != t and label:
-                out.append((h, t, label))
-    return out
+from jointre_jax.data.schema import Schema
+from jointre_jax.predictor import Prediction
 
 
 class Counts:
@@ -132,67 +65,177 @@ class Counts:
 
 
 class Scorer:
-    """Accumulates NER, RE gs-based and RE end-to-end counts over a split's examples."""
+    """Accumulates NER, RE among gold entities and RE end-to-end counts against the encoded
+    gold of a split's examples."""
 
-    def __init__(self, entity_types, relation_labels, anchor: str = "first"):
+    def __init__(self, entity_types, relation_labels):
         self.entity_types = list(entity_types)
         self.relation_labels = list(relation_labels)
-        self.anchor = anchor
         self.ner = Counts()
         self.re_gs = Counts()
         self.re_e2e_strict = Counts()
         self.re_e2e_boundaries = Counts()
+        self.overflow = 0
 
-    def add(self, key, example: Example, tags, relations_out=None):
-        """Scores one example; ``key`` identifies it (e.g. its index) so items never collide.
-
-        ``tags``: int [L] predicted BIO ids, or None for a model without NER (gold entities
-        are then used as the predicted ones). ``relations_out``: (labels [L, L], probs [L, L]).
-        """
-        entities, relations = decode_example(example, tags, relations_out, self.anchor)
+    def add(self, key, example: Example, prediction: Prediction) -> None:
+        """Scores one example; ``key`` identifies it (e.g. its index) so items never collide."""
+        self.overflow += prediction.overflow
+        entities = prediction.entities
         name = lambda label: self.entity_types[label]  # noqa: E731
         rel_name = lambda label: self.relation_labels[label]  # noqa: E731
-        gold_entities = {(key, s.start, s.end, s.label) for s in example.entities}
         self.ner.add(
             {(key, e.start, e.end, e.label) for e in entities},
-            gold_entities,
+            {(key, s.start, s.end, s.label) for s in example.entities},
             lambda item: name(item[3]),
         )
-        if relations_out is None:
+        if prediction.gold_relations is None:
             return
         gold_rel = {(key, h, t, label) for h, t, label in example.relations}
         self.re_gs.add(
-            {
-                (key, h, t, label)
-                for h, t, label in gold_pair_predictions(example, relations_out[0], self.anchor)
-            },
+            {(key, h, t, label) for h, t, label in prediction.gold_relations},
             gold_rel,
             lambda item: rel_name(item[3]),
         )
 
         def triples(spans, rels, with_types):
             out = set()
-            for h, t, label in rels:
+            for h, t, label, *_ in rels:
                 a, b = spans[h], spans[t]
                 head = (a.start, a.end, a.label) if with_types else (a.start, a.end)
                 tail = (b.start, b.end, b.label) if with_types else (b.start, b.end)
                 out.add((key, head, tail, label))
             return out
 
-        predicted = [(h, t, label) for h, t, label, _ in relations]
         for counts, typed in ((self.re_e2e_strict, True), (self.re_e2e_boundaries, False)):
             counts.add(
-                triples(entities, predicted, typed),
+                triples(entities, prediction.relations, typed),
                 triples(example.entities, example.relations, typed),
                 lambda item: rel_name(item[3]),
             )
 
     def results(self) -> dict:
-        """{"ner", "re_gs", "re_e2e", "re_e2e_boundaries"}: each micro P/R/F1 + per_type."""
+        """{"ner", "re_gs", "re_e2e", "re_e2e_boundaries"}: each micro P/R/F1 + per_type, and
+        ``entity_overflow``: decoded entities beyond the table's slots (not scored)."""
         relations = self.relation_labels[1:]
         return {
             "ner": self.ner.scores(self.entity_types),
             "re_gs": self.re_gs.scores(relations),
             "re_e2e": self.re_e2e_strict.scores(relations),
             "re_e2e_boundaries": self.re_e2e_boundaries.scores(relations),
+            "entity_overflow": self.overflow,
         }
+
+
+def entity_key(doc_text: str, entity) -> tuple[tuple[int, int], ...]:
+    """The character span(s) of a gold entity as scored: its fragments, or one span when the
+    text between its fragments is exactly its mention (a lossless merge, as the encoder does)."""
+    if len(entity.fragments) > 1 and doc_text[entity.start : entity.end] == entity.text:
+        return ((entity.start, entity.end),)
+    return tuple(entity.fragments)
+
+
+class CorpusGold:
+    """Every entity and relation of the kept types of some documents, as scored keys.
+
+    Entities: ``(doc_id, type, spans)``; relations: ``(doc_id, label name, head entity key,
+    tail entity key)``. Duplicate annotations collapse into one key.
+    """
+
+    def __init__(self, schema: Schema):
+        self.schema = schema
+        self.entities: set = set()
+        self.relations: set = set()
+        self.documents: set[str] = set()
+
+    def restricted(self, doc_ids) -> CorpusGold:
+        """The gold of the documents ``doc_ids`` only."""
+        doc_ids = set(doc_ids)
+        out = CorpusGold(self.schema)
+        out.documents = self.documents & doc_ids
+        out.entities = {e for e in self.entities if e[0] in doc_ids}
+        out.relations = {r for r in self.relations if r[0] in doc_ids}
+        return out
+
+    def add_document(self, doc: Document) -> None:
+        """Adds the gold of one document (read leniently: entities with problems count too)."""
+        self.documents.add(doc.doc_id)
+        keys = {}
+        for entity in doc.entities.values():
+            label = self.schema.entity_type_id(entity.type)
+            if label is None:
+                continue
+            keys[entity.id] = (self.schema.entity_types[label], entity_key(doc.text, entity))
+            self.entities.add((doc.doc_id, *keys[entity.id]))
+        names = self.schema.relation_labels
+        pairs = []
+        for rel in doc.relations:
+            label = self.schema.relation_label(rel.type, group=False)
+            if label is not None:
+                pairs.append((rel.arg1, rel.arg2, label))
+        for group in doc.groups:
+            label = self.schema.relation_label(group.type, group=True)
+            if label is not None:
+                pairs += [(h, t, label) for h, t in self.schema.expand_group(doc, group.members)]
+        for head, tail, label in pairs:
+            if head in keys and tail in keys and head != tail:
+                self.relations.add((doc.doc_id, names[label], keys[head], keys[tail]))
+
+    def to_dict(self) -> dict:
+        return {
+            "documents": len(self.documents),
+            "entities": len(self.entities),
+            "relations": len(self.relations),
+        }
+
+
+class CorpusScorer:
+    """Scores predictions of examples against a :class:`CorpusGold` (character offsets in
+    each document: an example's ``line_start`` plus the entity's offsets in its line)."""
+
+    def __init__(self, gold: CorpusGold):
+        self.gold = gold
+        self.entities: set = set()
+        self.relations_strict: set = set()
+        self.relations_boundaries: set = set()
+
+    def add(self, example: Example, prediction: Prediction) -> None:
+        types = self.gold.schema.entity_types
+        names = self.gold.schema.relation_labels
+        keys = []
+        for e in prediction.entities:
+            span = ((example.line_start + e.char_start, example.line_start + e.char_end),)
+            keys.append((types[e.label], span))
+            self.entities.add((example.doc_id, *keys[-1]))
+        for h, t, label, _ in prediction.relations:
+            self.relations_strict.add((example.doc_id, names[label], keys[h], keys[t]))
+            self.relations_boundaries.add((example.doc_id, names[label], keys[h][1], keys[t][1]))
+
+    def results(self) -> dict:
+        """{"ner", "re_e2e", "re_e2e_boundaries", "gold"} against the corpus gold."""
+        ner, strict, bounds = Counts(), Counts(), Counts()
+        ner.add(self.entities, self.gold.entities, lambda item: item[1])
+        strict.add(self.relations_strict, self.gold.relations, lambda item: item[1])
+        gold_bounds = {(d, r, h[1], t[1]) for d, r, h, t in self.gold.relations}
+        bounds.add(self.relations_boundaries, gold_bounds, lambda item: item[1])
+        relations = self.gold.schema.relation_labels[1:]
+        return {
+            "ner": ner.scores(self.gold.schema.entity_types),
+            "re_e2e": strict.scores(relations),
+            "re_e2e_boundaries": bounds.scores(relations),
+            "gold": self.gold.to_dict(),
+        }
+
+
+def evaluate(predictor, examples, schema: Schema, corpus_gold=None, desc="eval") -> dict:
+    """Scores of ``predictor`` on ``examples`` against the encoded gold, and with
+    ``corpus_gold`` also against the corpus gold (the ``corpus`` block)."""
+    scorer = Scorer(schema.entity_types, schema.relation_labels)
+    corpus = CorpusScorer(corpus_gold) if corpus_gold is not None else None
+    for index, prediction in predictor.predict(examples, desc):
+        scorer.add(index, examples[index], prediction)
+        if corpus is not None:
+            corpus.add(examples[index], prediction)
+    results = scorer.results()
+    if corpus is not None:
+        results["corpus"] = corpus.results()
+    return results

@@ -7,8 +7,9 @@ entities are merged back into the line, so relations only join entities of one w
 Offsets are character (code point) offsets into the text exactly as given: CRLF, tabs, Unicode
 and trailing spaces included, so ``text[start:end] == entity.text`` always holds.
 
-Batches use the training length buckets, so a long-lived ``Extractor`` compiles each bucket
-shape once and reuses it for every later call.
+Entities are whole words (the tokenizer's pre-tokenized words): an entity never begins or ends
+inside a word. Batches use the training length buckets, so a long-lived ``Extractor`` compiles
+each bucket shape once and reuses it for every later call.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import dataclasses
 import pathlib
 from collections.abc import Iterable, Sequence
 
-from jointre_jax import inference, train
+from jointre_jax import inference
 from jointre_jax.data.accounting import Accounting
 from jointre_jax.data.brat import Document
-from jointre_jax.evaluation import decode_example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,13 +82,13 @@ class DocumentExtraction:
 class Extractor:
     """A trained run, ready to extract: ``extract(texts)`` -> ``list[DocumentExtraction]``."""
 
-    def __init__(self, config, state, predict, encoder):
+    def __init__(self, config, predictor, encoder):
         if config.model.method == "re":
             raise ValueError(
                 "a standalone RE model needs gold entities; extraction from raw text needs a "
                 "model with NER (method joint, ner or pipeline)"
             )
-        self.config, self.state, self.predict, self.encoder = config, state, predict, encoder
+        self.config, self.predictor, self.encoder = config, predictor, encoder
         self.schema = encoder.schema
 
     @classmethod
@@ -115,15 +115,12 @@ class Extractor:
         results = [DocumentExtraction(d, t, []) for d, t in zip(doc_ids, texts, strict=True)]
         if not examples:
             return results
-        decoded = {}
-        batcher = train.eval_batcher(self.config, examples)
         desc = "extracting" if progress else None
-        for index, tags, rels in train.predictions(self.predict, self.state, batcher, desc):
-            decoded[index] = decode_example(examples[index], tags, rels, self.config.data.anchor)
+        decoded = dict(self.predictor.predict(examples, desc))
         numbered = [0] * len(texts)  # entities numbered so far in each document
         for index, example in enumerate(examples):
             owner = owners[index]
-            numbered[owner] += self._add(results[owner], example, numbered[owner], *decoded[index])
+            numbered[owner] += self._add(results[owner], example, numbered[owner], decoded[index])
         return results
 
     def encode(self, texts: Sequence[str], doc_ids: Sequence[str]) -> tuple[list, list[int]]:
@@ -137,7 +134,7 @@ class Extractor:
                 owners.append(number)
         return examples, owners
 
-    def _add(self, result: DocumentExtraction, example, numbered: int, entities, relations) -> int:
+    def _add(self, result: DocumentExtraction, example, numbered: int, prediction) -> int:
         """Adds one example's predictions to ``result``, numbering its entities from
         T``numbered + 1``; returns how many entities it added."""
         criteria = result.criteria
@@ -149,14 +146,14 @@ class Extractor:
             criteria[-1].windows += 1
         criterion = criteria[-1]
         ids = []
-        for number, entity in enumerate(entities, start=numbered + 1):
+        for number, entity in enumerate(prediction.entities, start=numbered + 1):
             start = criterion.start + entity.char_start
             end = criterion.start + entity.char_end
             entity_id = f"T{number}"
             kind = self.schema.entity_types[entity.label]
             criterion.entities.append(Entity(entity_id, kind, start, end, result.text[start:end]))
             ids.append(entity_id)
-        for head, tail, label, score in relations:
+        for head, tail, label, score in prediction.relations:
             kind = self.schema.relation_labels[label]
             criterion.relations.append(Relation(kind, ids[head], ids[tail], round(score, 4)))
         return len(ids)

@@ -8,8 +8,11 @@ import pathlib
 import ml_collections
 
 from configs import default
-from jointre_jax import train
+from jointre_jax import runtime
+from jointre_jax.checkpoints import checkpoint_manager, restore_params
 from jointre_jax.data.corpus import encode_files, find_documents, make_encoder, read_split_ids
+from jointre_jax.evaluation import CorpusGold, evaluate
+from jointre_jax.predictor import Predictor
 
 
 def saved_config(path: pathlib.Path) -> ml_collections.ConfigDict:
@@ -33,11 +36,11 @@ def _overlay(config: ml_collections.ConfigDict, saved: dict) -> None:
 
 
 def load_run(workdir: str | pathlib.Path, num_devices: int | None = None):
-    """(config, state, predict_fn, encoder) of a trained run, best parameters restored.
+    """(config, predictor, encoder) of a trained run, its best parameters restored.
 
-    The parameters are restored onto a mesh of ``num_devices`` devices (None: as the run's
-    config says; 0: all), whatever mesh the run was trained on. FSDP is turned off here:
-    inference keeps the parameters replicated.
+    Only the parameters are restored (no optimiser state), onto a mesh of ``num_devices``
+    devices (None: as the run's config says; 0: all), whatever mesh the run was trained on.
+    FSDP is turned off here: inference keeps the parameters replicated.
     """
     workdir = pathlib.Path(workdir)
     config_path = workdir / "config.json"
@@ -48,29 +51,29 @@ def load_run(workdir: str | pathlib.Path, num_devices: int | None = None):
         config.num_devices = num_devices
     config.sharding.fsdp = 1
     encoder = make_encoder(config)
-    bert, _ = train.encoder_config(config)
-    model = train.create_model(config, encoder.schema, bert)
-    mesh = train.make_mesh(config)
-    config.model.pretrained = False  # the checkpoint holds every weight
-    state = train.create_state(config, model, None, 1, mesh)
+    bert, _ = runtime.encoder_config(config)
+    model = runtime.create_model(config, encoder.scheme, encoder.schema.num_relation_labels, bert)
+    mesh = runtime.make_mesh(config)
+    params = runtime.create_params(config, model, None, mesh)  # the checkpoint holds them all
     for name in ("best", "checkpoints"):
-        manager = train.checkpoint_manager(workdir / name)
+        manager = checkpoint_manager(workdir / name)
         if manager.latest_step() is not None:
-            state, _ = train.restore(manager, state)
+            params = restore_params(manager, params)
             break
     else:
         raise FileNotFoundError(f"no checkpoint in {workdir}/best or {workdir}/checkpoints")
-    _, predict = train.jit_steps(mesh, state)
-    return config, state, predict, encoder
+    return config, Predictor(config, model, params), encoder
 
 
 def evaluate_folder(workdir, brat_dir, split_file=None, num_devices: int | None = None) -> dict:
-    """Scores (NER, RE gs-based, RE end-to-end) of the run in ``workdir`` on ``brat_dir``."""
-    config, state, predict, encoder = load_run(workdir, num_devices)
+    """Scores of the run in ``workdir`` on ``brat_dir``: NER, RE among gold entities and RE
+    end-to-end against the encoded gold, and NER and RE end-to-end against the corpus gold
+    (``corpus``)."""
+    config, predictor, encoder = load_run(workdir, num_devices)
     ids = read_split_ids(split_file) if split_file else None
     paths = find_documents(brat_dir, ids, split_file)
-    examples, accounting = encode_files(paths, encoder, "eval")
-    batcher = train.eval_batcher(config, examples)
-    results = train.evaluate(predict, state, batcher, encoder.schema, config.data.anchor)
+    gold = CorpusGold(encoder.schema)
+    examples, accounting = encode_files(paths, encoder, "eval", gold=gold)
+    results = evaluate(predictor, examples, encoder.schema, gold, "eval")
     results["data"] = accounting.to_dict()
     return results

@@ -6,19 +6,19 @@ import pytest
 from configs import default
 from jointre_jax.data.batching import Batcher, bucket_for, padding_stats
 from jointre_jax.data.encode import EntitySpan, Example
+from jointre_jax.labels import BioScheme
 
 BOUNDARIES = (8, 16, 32)
 
 
-def make_example(n, entities=(), relations=()):
+def make_example(n, entities=(), relations=(), pieces_per_word=1):
+    """n wordpieces ([CLS] and [SEP] included); words of ``pieces_per_word`` pieces each."""
     ids = np.arange(n, dtype=np.int32) + 100
-    tags = np.zeros(n, np.int32)
-    for span in entities:
-        tags[span.start] = 1 + 2 * span.label
-        tags[span.start + 1 : span.end] = 2 + 2 * span.label
+    word_starts = np.arange(1, n - 1, pieces_per_word, dtype=np.int32)
+    words = np.stack([word_starts, word_starts + 1], -1).astype(np.int32)
     return Example(
-        "doc", 1, 0, 0, "x" * n, ids, np.zeros((n, 2), np.int32), tags, tuple(entities),
-        tuple(relations),
+        "doc", 1, 0, 0, "x" * n, ids, np.zeros((n, 2), np.int32), words, word_starts,
+        tuple(entities), tuple(relations),
     )  # fmt: skip
 
 
@@ -48,7 +48,8 @@ def test_epoch_plan_covers_every_example_once_with_static_shapes(examples):
         lengths = batcher.lengths[planned.indices[planned.indices >= 0]]
         assert lengths.max() <= planned.length
         shapes.add(batch["input_ids"].shape)
-        assert batch["relations"].shape == (16, planned.length, planned.length)
+        assert batch["word_mask"].shape == (16, planned.length)
+        assert batch["relations"].shape == (16, batcher.max_entities, batcher.max_entities)
     assert shapes <= {(16, b) for b in BOUNDARIES}
 
 
@@ -72,24 +73,28 @@ def test_eval_plan_is_sorted_and_complete(examples):
     assert (plan[-1].indices < 0).any() and not any((p.indices < 0).any() for p in plan[:-1])
 
 
-def test_masks_labels_and_relation_matrix():
-    spans = (EntitySpan(1, 3, 0, 0, 5, "T1"), EntitySpan(4, 5, 7, 6, 8, "T2"))
-    example = make_example(6, spans, relations=((0, 1, 3),))
-    batcher = Batcher([example], BOUNDARIES, batch_size=2)
+def test_masks_labels_and_entity_tables():
+    spans = (EntitySpan(0, 2, 0, 0, 5, "T1"), EntitySpan(3, 4, 7, 6, 8, "T2"))
+    # 10 wordpieces: [CLS], 4 words of 2 pieces each, [SEP].
+    example = make_example(10, spans, relations=((0, 1, 3),), pieces_per_word=2)
+    batcher = Batcher([example], (8, 16), batch_size=2, scheme=BioScheme(8))
+    assert batcher.max_entities == 8  # 2 entities, rounded up to a multiple of 8
     batch = batcher.build(batcher.eval_plan()[0])
-    assert batch["input_mask"][0].tolist() == [True] * 6 + [False] * 2
-    assert batch["label_mask"][0].tolist() == [False] + [True] * 4 + [False] * 3
-    assert batch["ner_labels"][0].tolist() == [0, 1, 2, 0, 15, 0, 0, 0]
-    assert batch["entity_start"][0].tolist() == [-1, 1, -1, -1, 4, -1, -1, -1]
-    assert batch["entity_end"][0].tolist() == [-1, 3, -1, -1, 5, -1, -1, -1]
-    assert batch["entity_type"][0].tolist() == [0, 1, 0, 0, 8, 0, 0, 0]
-    assert np.argwhere(batch["relations"][0]).tolist() == [[1, 4]]
-    assert batch["relations"][0, 1, 4] == 3
+    assert batch["input_mask"][0].tolist() == [True] * 10 + [False] * 6
+    assert batch["word_mask"][0].tolist() == [True] * 4 + [False] * 12
+    assert batch["word_index"][0, :5].tolist() == [1, 3, 5, 7, 0]
+    assert batch["ner_labels"][0, :5].tolist() == [1, 2, 0, 15, 0]  # one tag per word
+    assert batch["entity_start"][0, :3].tolist() == [0, 3, 0]
+    assert batch["entity_end"][0, :3].tolist() == [2, 4, 0]
+    assert batch["entity_type"][0, :3].tolist() == [1, 8, 0]
+    assert np.argwhere(batch["relations"][0]).tolist() == [[0, 1]]
+    assert batch["relations"][0, 0, 1] == 3
     assert batch["row_mask"].tolist() == [True, False]
     assert batch["example_index"].tolist() == [0, -1]
     assert not batch["input_mask"][1].any()  # filler row is empty
-    last = Batcher([example], BOUNDARIES, batch_size=2, anchor="last").build(batcher.eval_plan()[0])
-    assert last["relations"][0, 2, 4] == 3 and last["entity_start"][0, 2] == 1
+    small = Batcher([example], (8, 16), batch_size=2, max_entities=1).build(batcher.eval_plan()[0])
+    assert small["entity_overflow"].tolist() == [1, 0]  # counted, not silently lost
+    assert not small["relations"].any()
 
 
 def test_process_slices_partition_the_global_batch(examples):

@@ -1,12 +1,13 @@
-"""Schema and encoder: kept/dropped accounting, BIO, anchors, overlap policies, windows."""
+"""Schema and encoder: whole words, kept/dropped accounting, BIO and span schemes, windows."""
 
 import pytest
 
 from configs import default
 from jointre_jax.data.accounting import Accounting
 from jointre_jax.data.brat import BratFormatError, read_document
-from jointre_jax.data.encode import Encoder, choose_windows, select_non_overlapping, split_lines
+from jointre_jax.data.encode import Encoder, choose_windows, split_lines
 from jointre_jax.data.schema import Schema
+from jointre_jax.labels import BioScheme, SpanScheme, select_non_overlapping
 from tests.conftest import t_line, write_brat
 
 SCHEMA = Schema.from_config(default.get_config().data)
@@ -17,14 +18,21 @@ def encode(tmp_path, tokenizer, text, ann_lines, crlf=False, **kwargs):
     lenient = kwargs.pop("lenient", True)
     doc = read_document(path, lenient=lenient)
     acc = Accounting()
-    encoder = Encoder(kwargs.pop("schema", SCHEMA), tokenizer, lenient=lenient, **kwargs)
+    schema = kwargs.pop("schema", SCHEMA)
+    if "overlap_policy" in kwargs:
+        kwargs["scheme"] = BioScheme(len(schema.entity_types), kwargs.pop("overlap_policy"))
+    encoder = Encoder(schema, tokenizer, lenient=lenient, **kwargs)
     examples = encoder.encode_document(doc, acc)
     acc.check()
     return examples, acc
 
 
 def tags_of(example, schema=SCHEMA):
-    return [schema.bio_tags[t] for t in example.ner_tags]
+    """The example's BIO tag names, one per word."""
+    scheme = BioScheme(len(schema.entity_types))
+    names = scheme.tag_names(schema.entity_types)
+    tags = scheme.tags([(e.start, e.end, e.label) for e in example.entities], example.num_words)
+    return [names[t] for t in tags]
 
 
 def test_bio_tags_anchors_and_relations(tmp_path, tiny_tokenizer):
@@ -44,16 +52,21 @@ def test_bio_tags_anchors_and_relations(tmp_path, tiny_tokenizer):
     )
     assert [ex.line for ex in examples] == [1, 2]
     first, second = examples
-    assert tags_of(first) == ["O", "O", "O", "B-Condition", "I-Condition", "I-Condition", "O"]
-    assert tags_of(second)[:5] == ["O", "B-Measurement", "B-Value", "I-Value", "I-Value"]
+    assert tags_of(first) == ["O", "O", "B-Condition", "I-Condition", "I-Condition"]
+    assert tags_of(second)[:4] == ["B-Measurement", "B-Value", "I-Value", "I-Value"]
     for ex in examples:
-        for span in ex.entities:  # every kept entity has exactly its text
-            assert ex.offsets[span.start][0] == span.char_start
-            assert ex.offsets[span.end - 1][1] == span.char_end
+        for span in ex.entities:  # every kept entity has exactly its text, in whole words
+            assert ex.words[span.start][0] == span.char_start
+            assert ex.words[span.end - 1][1] == span.char_end
+        for w, (a, b) in enumerate(ex.words):  # a word's first wordpiece starts it
+            assert ex.offsets[ex.word_starts[w]][0] == a and ex.text[a:b].strip() == ex.text[a:b]
     has_value = SCHEMA.relation_labels.index("Has_value")
     has_temporal = SCHEMA.relation_labels.index("Has_temporal")
     assert second.relations == ((0, 1, has_value), (0, 2, has_temporal))
-    assert second.anchor(2, "first") == 5 and second.anchor(2, "last") == 9
+    within = second.entities[2]  # "within the last 3 months": words 4..8
+    assert (within.start, within.end) == (4, 9)
+    assert BioScheme(1).anchor_of(within.start, within.end) == 4
+    assert BioScheme(1, anchor="last").anchor_of(within.start, within.end) == 8
     assert acc.entities.to_dict() == {"raw": 4, "kept": 4, "dropped": {}}
     assert acc.relations.to_dict() == {"raw": 2, "kept": 2, "dropped": {}}
     assert (acc.documents, acc.criteria, acc.examples) == (1, 2, 2)
@@ -101,7 +114,7 @@ def test_aliases_map_before_filtering(tmp_path, tiny_tokenizer):
         "R1\tnegated_by Arg1:T1 Arg2:T2",
     ]
     (example,), acc = encode(tmp_path, tiny_tokenizer, text, lines, schema=schema)
-    assert tags_of(example)[1:3] == ["B-Negation", "B-Condition"]
+    assert tags_of(example)[0:2] == ["B-Negation", "B-Condition"]
     assert acc.relations.kept == 1
     with pytest.raises(ValueError, match="raw_name:kept_name"):
         config.data.entity_aliases = ("Illness",)
@@ -122,7 +135,7 @@ def test_policies_for_what_bio_cannot_hold(tmp_path, tiny_tokenizer):
         ),
         f"T5\tCondition {start} {start + 6};{start + 15} {start + 21}\tbreast cancer",
         t_line("T6", "Measurement", text, "hba1c>"),
-        t_line("T7", "Value", text, "c>7"),  # starts inside the wordpiece 'hba1c'
+        t_line("T7", "Value", text, "c>7"),  # starts inside the word 'hba1c'
         "R2\tHas_value Arg1:T6 Arg2:T7",
         "R3\tAND Arg1:T1 Arg2:T1",
     ]
@@ -133,9 +146,9 @@ def test_policies_for_what_bio_cannot_hold(tmp_path, tiny_tokenizer):
         "overlap": 1,
         "crosses_line": 1,
         "discontinuous": 1,
-        "token_boundary": 1,
+        "inside_word": 1,
     }
-    assert acc.relations.dropped == {"argument_token_boundary": 1, "self_relation": 1}
+    assert acc.relations.dropped == {"argument_inside_word": 1, "self_relation": 1}
     assert acc.relations.kept == 1
 
     examples, acc = encode(tmp_path, tiny_tokenizer, text, lines, overlap_policy="longest")
@@ -148,7 +161,7 @@ def test_merged_fragments_when_the_gap_is_the_joining_space(tmp_path, tiny_token
     (example,), acc = encode(
         tmp_path, tiny_tokenizer, text, ["T1\tCondition 0 5;6 13\theart failure"]
     )
-    assert tags_of(example)[1:3] == ["B-Condition", "I-Condition"]
+    assert tags_of(example)[0:2] == ["B-Condition", "I-Condition"]
     assert acc.repaired == {"merged_fragments": 1}
 
 
@@ -192,6 +205,41 @@ def test_long_criteria_are_windowed_without_cutting_entities(tmp_path, tiny_toke
     for ex in examples:
         for span in ex.entities:
             assert ex.text[span.char_start : span.char_end] in ("heart failure", "stroke")
+
+
+def test_span_scheme_keeps_nested_entities(tmp_path, tiny_tokenizer):
+    text = "severe renal impairment and stroke\n"
+    lines = [
+        t_line("T1", "Condition", text, "severe renal impairment"),
+        t_line("T2", "Qualifier", text, "severe"),
+        t_line("T3", "Condition", text, "renal impairment"),
+        t_line("T4", "Qualifier", text, "renal impairment"),  # same words as T3
+        "R1\tHas_qualifier Arg1:T3 Arg2:T2",
+        t_line("T5", "Condition", text, "severe renal impairment and stroke"),  # 5 words
+    ]
+    (example,), acc = encode(
+        tmp_path, tiny_tokenizer, text, lines, scheme=SpanScheme(len(SCHEMA.entity_types), 4)
+    )
+    spans = [(e.ann_id, e.start, e.end) for e in example.entities]
+    assert spans == [("T2", 0, 1), ("T1", 0, 3), ("T3", 1, 3)]  # sorted by (start, end)
+    assert acc.entities.dropped == {"same_span": 1, "too_wide": 1}
+    assert example.relations == ((2, 0, SCHEMA.relation_labels.index("Has_qualifier")),)
+
+
+def test_whole_words_hold_hyphenated_values_and_long_words(tmp_path, tiny_tokenizer):
+    # "anesthesiologists" is many wordpieces but one word; "I-II" is three words.
+    text = "anesthesiologists score of I-II\n"
+    lines = [
+        t_line("T1", "Person", text, "anesthesiologists"),
+        t_line("T2", "Value", text, "I-II"),
+        t_line("T3", "Person", text, "anesthesio"),  # ends inside a word
+    ]
+    (example,), acc = encode(tmp_path, tiny_tokenizer, text, lines)
+    assert example.length > 3 + 6  # the long word took several wordpieces
+    words = [example.text[a:b] for a, b in example.words]
+    assert words == ["anesthesiologists", "score", "of", "I", "-", "II"]
+    assert [(e.start, e.end) for e in example.entities] == [(0, 1), (3, 6)]
+    assert acc.entities.dropped == {"inside_word": 1}
 
 
 def test_select_non_overlapping_known_answers():

@@ -46,14 +46,19 @@ def test_offsets_index_the_input_exactly_and_long_lines_are_windowed(run_dir):
         for entity in criterion.entities:
             assert criterion.start <= entity.start < entity.end <= criterion.end
             assert TEXT[entity.start : entity.end] == entity.text
+            # Whole words: no entity begins or ends between two letters or digits.
+            for a, b in ((entity.start - 1, entity.start), (entity.end - 1, entity.end)):
+                assert not (a >= 0 and b < len(TEXT) and TEXT[a].isalnum() and TEXT[b].isalnum())
     assert doc.criteria[3].text == LONG and doc.criteria[3].windows >= 3  # not truncated
     assert doc.entities, "the trained tiny model should find entities in its training text"
     ids = {e.id for e in doc.entities}
     assert all(r.head in ids and r.tail in ids for r in doc.relations)
-    compiled = extractor.predict._cache_size()
+    compiled = extractor.predictor.predict_fn._cache_size()
     again = extractor.extract([TEXT, "", "stroke"], ["d", "empty", "short"])
     assert again[0].entities == doc.entities and again[1].criteria == []
-    assert extractor.predict._cache_size() == compiled  # shapes are reused across calls
+    assert (
+        extractor.predictor.predict_fn._cache_size() == compiled
+    )  # shapes are reused across calls
 
 
 def test_brat_and_csv_outputs_read_back_unchanged(run_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""Heads, BIO decoding, RE pair masks and losses on hand-made batches with known answers."""
+"""Label schemes, heads, RE pair masks and losses on hand-made batches with known answers."""
 
 import itertools
 
@@ -7,117 +7,116 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jointre_jax.labels import BioScheme, SpanScheme, crossing
 from jointre_jax.model.bert import BertConfig
-from jointre_jax.model.joint import JointModel, PairScorer
-from jointre_jax.model.losses import (
-    correct_entities,
-    decode_bio,
-    loss_terms,
-    relation_pairs,
-    total_loss,
-)
+from jointre_jax.model.joint import JointModel, PairScorer, SpanScorer, incremental_table
+from jointre_jax.model.losses import LossOptions, loss_terms, relation_pairs, total_loss
 
 TINY = BertConfig(
     vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
     intermediate_size=32, max_position_embeddings=32,
 )  # fmt: skip
 
-# O=0, B-A=1, I-A=2, B-B=3, I-B=4
-TAGS = np.array([[0, 1, 2, 0, 2, 3, 4, 2, 1, 0]])
-MASK = np.array([[False] + [True] * 8 + [False]])
+# Word tags: O=0, B-A=1, I-A=2, B-B=3, I-B=4
+TAGS = np.array([[1, 2, 0, 2, 3, 4, 2, 1, 0, 0]])
+WORDS = np.array([[True] * 8 + [False] * 2])
 
 
-def test_decode_bio_like_seqeval():
+def table(start, end, kind, size=4):
+    """An entity table of one row from lists, padded to ``size`` slots."""
+    pad = lambda x: np.array([list(x) + [0] * (size - len(x))], np.int32)  # noqa: E731
+    out = {"start": pad(start), "end": pad(end), "type": pad(kind)}
+    out["mask"] = out["type"] > 0
+    return {k: jnp.asarray(v) for k, v in out.items()}
+
+
+def test_bio_decoding_like_seqeval_and_the_host_reader():
     seqeval = pytest.importorskip("seqeval.metrics.sequence_labeling")
     names = ["O", "B-A", "I-A", "B-B", "I-B"]
-    expected = seqeval.get_entities([names[t] for t in TAGS[0, 1:9]])  # (type, first, last)
-    first = jax.tree.map(np.asarray, decode_bio(jnp.asarray(TAGS), jnp.asarray(MASK), "first"))
-    found = [
-        ("AB"[first["type"][0, i] - 1], i - 1, first["end"][0, i] - 2)
-        for i in np.flatnonzero(first["anchor"][0])
+    expected = seqeval.get_entities([names[t] for t in TAGS[0, :8]])  # (type, first, last)
+    assert expected == [("A", 0, 1), ("A", 3, 3), ("B", 4, 5), ("A", 6, 6), ("A", 7, 7)]
+    scheme = BioScheme(2)
+    host = [("AB"[k], s, e - 1) for s, e, k in scheme.spans(TAGS[0], 8)]
+    assert host == expected
+    logits = jax.nn.one_hot(TAGS, 5) * 10.0
+    found = jax.tree.map(np.asarray, scheme.decode(logits, jnp.asarray(WORDS), 8))
+    rows = [
+        ("AB"[found["type"][0, n] - 1], found["start"][0, n], found["end"][0, n] - 1)
+        for n in np.flatnonzero(found["mask"][0])
     ]
-    assert found == expected == [("A", 0, 1), ("A", 3, 3), ("B", 4, 5), ("A", 6, 6), ("A", 7, 7)]
-    last = jax.tree.map(np.asarray, decode_bio(jnp.asarray(TAGS), jnp.asarray(MASK), "last"))
-    assert np.flatnonzero(last["anchor"][0]).tolist() == [2, 4, 6, 7, 8]
-    assert last["start"][0, 6] == 5 and last["end"][0, 6] == 7 and last["type"][0, 6] == 2
+    assert rows == expected and found["overflow"][0] == 0
+    few = scheme.decode(logits, jnp.asarray(WORDS), 3)
+    assert int(few["overflow"][0]) == 2 and np.asarray(few["mask"]).sum() == 3
+    tags = scheme.tags([(0, 2, 0), (4, 6, 1)], 8)
+    assert tags.tolist() == [1, 2, 0, 0, 3, 4, 0, 0]
+    assert BioScheme(2, anchor="last").anchor_of(4, 6) == 5
 
 
-def gold_batch():
-    """One row, L=6: gold entities A at [1, 3) and B at [3, 4) and A at [4, 5); R(1 -> 3) = 2."""
-    b = {
-        "entity_type": np.array([[0, 1, 0, 2, 1, 0]]),
-        "entity_start": np.array([[-1, 1, -1, 3, 4, -1]]),
-        "entity_end": np.array([[-1, 3, -1, 4, 5, -1]]),
-        "relations": np.zeros((1, 6, 6), np.int32),
-        "row_mask": np.array([True]),
-        "label_mask": np.array([[False, True, True, True, True, False]]),
-        "ner_labels": np.array([[0, 1, 2, 3, 1, 0]]),
-    }
-    b["relations"][0, 1, 3] = 2
-    return b
-
-
-def test_gs_based_pairs_are_all_gold_anchor_pairs():
-    mask, targets = relation_pairs(gold_batch(), negative_sampling="gs-based")
-    assert sorted(map(tuple, np.argwhere(np.asarray(mask[0])))) == [
-        (i, j) for i, j in itertools.permutations([1, 3, 4], 2)
+def test_span_decoding_keeps_nesting_and_never_crosses():
+    scheme = SpanScheme(2, max_width=4)
+    logits = np.zeros((1, 6, 6, 3), np.float32)
+    logits[..., 0] = 5.0  # "no entity" everywhere ...
+    for i, j, kind, score in [
+        (0, 3, 1, 9.0),  # [0, 4) type A, best
+        (1, 1, 2, 8.0),  # [1, 2) nested in it: kept
+        (2, 4, 1, 7.0),  # [2, 5) crosses [0, 4): rejected
+        (4, 5, 2, 6.0),  # [4, 6) touches nothing kept: kept
+        (0, 5, 1, 9.5),  # 6 words > max_width 4: never a candidate
+    ]:
+        logits[0, i, j, kind] = score
+    words = jnp.ones((1, 6), bool)
+    found = jax.tree.map(np.asarray, scheme.decode(jnp.asarray(logits), words, 8))
+    spans = [
+        (found["start"][0, n], found["end"][0, n], found["type"][0, n])
+        for n in np.flatnonzero(found["mask"][0])
     ]
-    assert np.asarray(targets)[0, 1, 3] == 2 and np.asarray(targets).sum() == 2
+    assert spans == [(0, 4, 1), (1, 2, 2), (4, 6, 2)]
 
 
-def test_incremental_pairs_known_answer():
-    batch = gold_batch()
-    # Predicted: A [1, 3) right; B at [3, 5) wrong span; a spurious A at 5 (masked out: O).
-    tags = np.array([[0, 1, 2, 3, 4, 0]])
-    predicted = decode_bio(jnp.asarray(tags), jnp.asarray(batch["label_mask"]))
-    assert np.asarray(correct_entities(batch, predicted))[0].tolist() == [0, 1, 0, 0, 0, 0]
-    mask, targets = relation_pairs(batch, predicted, "incremental")
-    pairs = sorted(map(tuple, np.argwhere(np.asarray(mask[0]))))
-    assert pairs == [(1, 3), (3, 1)]  # gold positive (1,3) kept; predicted pair (3,1) negative
-    assert np.asarray(targets)[0, 1, 3] == 2 and np.asarray(targets)[0, 3, 1] == 0
-
-
-def python_incremental(batch, tags):
-    """Plain-Python reference of the incremental mask: loops, no vectorisation."""
-    B, L = tags.shape
-    mask = np.zeros((B, L, L), bool)
-    targets = np.zeros((B, L, L), np.int32)
-    for b in range(B):
-        labels = [tags[b, i] if batch["label_mask"][b, i] else 0 for i in range(L)]
-        starts, i = [], 0
-        while i < L:
-            if labels[i] == 0:
-                i += 1
-                continue
-            kind, j = (labels[i] - 1) // 2, i + 1
-            while j < L and labels[j] == 2 + 2 * kind:
-                j += 1
-            starts.append(i)
-            i = j
-        for i, j in itertools.product(range(L), range(L)):
-            positive = batch["relations"][b, i, j] > 0
-            predicted = i != j and i in starts and j in starts
-            if batch["row_mask"][b] and (positive or predicted):
-                mask[b, i, j] = True
-                targets[b, i, j] = batch["relations"][b, i, j] if positive else 0
-    return mask, targets
-
-
-def test_incremental_mask_equals_python_reference():
+def test_span_decoding_never_produces_crossing_spans():
+    scheme = SpanScheme(3, max_width=5)
     rng = np.random.default_rng(0)
-    B, L = 4, 12
-    batch = {
-        "label_mask": rng.random((B, L)) > 0.1,
-        "row_mask": np.array([True, True, True, False]),
-        "relations": (rng.random((B, L, L)) > 0.9) * rng.integers(1, 4, (B, L, L)),
-    }
-    for _ in range(20):
-        tags = rng.integers(0, 7, (B, L))
-        predicted = decode_bio(jnp.asarray(tags), jnp.asarray(batch["label_mask"]))
-        mask, targets = relation_pairs(batch, predicted, "incremental")
-        want_mask, want_targets = python_incremental(batch, tags)
-        np.testing.assert_array_equal(np.asarray(mask), want_mask)
-        np.testing.assert_array_equal(np.asarray(targets), want_targets)
+    logits = jnp.asarray(rng.normal(size=(6, 12, 12, 4)).astype(np.float32) * 3)
+    words = jnp.asarray(np.arange(12)[None] < rng.integers(6, 13, (6, 1)))  # real words first
+    found = jax.tree.map(np.asarray, scheme.decode(logits, words, 40))
+    assert found["mask"].sum() > 20
+    for b in range(6):
+        spans = [
+            (found["start"][b, n], found["end"][b, n]) for n in np.flatnonzero(found["mask"][b])
+        ]
+        assert len(set(spans)) == len(spans)
+        for (a, c), (d, e) in itertools.combinations(spans, 2):
+            assert not crossing(a, c, d, e), (a, c, d, e)
+        for a, c in spans:
+            assert c - a <= 5 and words[b, a:c].all()
+
+
+def test_span_scheme_selection_and_targets():
+    scheme = SpanScheme(2, max_width=3)
+    left_out = scheme.select([(0, 2), (0, 2), (1, 5), (0, 1)], [1, 3, 1, 1])
+    assert left_out == {0: "same_span", 2: "too_wide"}  # the one with more relations stays
+    targets = scheme.span_targets(table([0, 2], [2, 3], [1, 2]), 4)
+    expected = np.zeros((1, 4, 4), np.int32)
+    expected[0, 0, 1], expected[0, 2, 2] = 1, 2
+    np.testing.assert_array_equal(np.asarray(targets), expected)
+    mask = np.asarray(scheme.span_mask(jnp.array([[True, True, True, False]])))
+    assert mask[0].sum() == 6 and mask[0, 0, 2] and not mask[0, 2, 1] and not mask[0, 0, 3]
+
+
+def test_span_scorer_matches_explicit_formula():
+    words = jax.random.normal(jax.random.key(0), (2, 5, 8))
+    scorer = SpanScorer(num_classes=3, hidden_dim=4)
+    params = scorer.init(jax.random.key(1), words)["params"]
+    scores = np.asarray(scorer.apply({"params": params}, words))
+    assert scores.shape == (2, 5, 5, 3)
+    x = np.asarray(words)
+    s = np.maximum(x @ params["start"]["kernel"] + params["start"]["bias"], 0)
+    e = np.maximum(x @ params["end"]["kernel"] + params["end"]["bias"], 0)
+    b, i, j = 1, 1, 3
+    expected = np.einsum("d,cde,e->c", s[b, i], params["bilinear"], e[b, j])
+    expected += s[b, i] @ params["linear_start"]["kernel"] + params["linear_start"]["bias"]
+    expected += e[b, j] @ params["linear_end"]["kernel"]
+    np.testing.assert_allclose(scores[b, i, j], expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("option", ["m1", "m2", "m2_bilinear"])
@@ -153,27 +152,159 @@ def test_pair_scores_start_with_a_spread_of_order_one(option):
     assert 0.2 < spread < 2.0, spread
 
 
-@pytest.mark.parametrize("method", ["joint", "ner", "re", "pipeline"])
-def test_model_outputs_and_losses(method):
-    batch = {k: jnp.asarray(v) for k, v in gold_batch().items()}
+def test_entity_pair_relation_scores_are_the_explicit_formula():
+    """Span decoder: entity features = words at its first and last word + type embedding, and
+    the pair scores of two entities are the bilinear formula on those features."""
+    batch = model_batch()
+    model = JointModel(
+        TINY, SpanScheme(2, 4), num_relations=3, pair_hidden_dim=8, span_hidden_dim=8,
+        max_entities=4,
+    )  # fmt: skip
+    variables = model.init(jax.random.key(0), batch)
+    out, state = model.apply(
+        variables, batch, tables=("gold",), capture_intermediates=True, mutable=["intermediates"]
+    )
+    params = variables["params"]
+    hidden = state["intermediates"]["encoder"]["__call__"][0]
+    words = np.asarray(hidden)[0, np.asarray(batch["word_index"][0])]
+    emb = np.asarray(params["label_embedding"]["embedding"])
+    h, t = 0, 1  # entity A [0, 2) and entity B [1, 2)
+    feats = [
+        np.concatenate([words[0], words[1], emb[1]]),
+        np.concatenate([words[1], words[1], emb[2]]),
+    ]
+    pairs = params["pairs"]
+    head = np.maximum(feats[h] @ pairs["head"]["kernel"] + pairs["head"]["bias"], 0)
+    tail = np.maximum(feats[t] @ pairs["tail"]["kernel"] + pairs["tail"]["bias"], 0)
+    expected = np.einsum("d,rde,e->r", head, pairs["bilinear"], tail)
+    np.testing.assert_allclose(
+        np.asarray(out["re_logits_gold"])[0, h, t], expected, rtol=1e-4, atol=1e-5
+    )
+
+
+def gold_batch():
+    """One row: gold entities A [0, 2), B [1, 2) (nested), A [3, 4); R(0 -> 1) = 2."""
+    g = table([0, 1, 3], [2, 2, 4], [1, 2, 1])
+    relations = np.zeros((1, 4, 4), np.int32)
+    relations[0, 0, 1] = 2
+    return {
+        "entity_start": g["start"],
+        "entity_end": g["end"],
+        "entity_type": g["type"],
+        "relations": jnp.asarray(relations),
+        "row_mask": jnp.array([True]),
+        "word_mask": jnp.array([[True, True, True, True, False, False]]),
+        "ner_labels": jnp.array([[1, 2, 0, 1, 0, 0]]),
+    }
+
+
+def model_batch():
+    batch = gold_batch()
     batch["input_ids"] = jnp.array([[2, 7, 8, 9, 10, 3]])
     batch["input_mask"] = jnp.ones((1, 6), bool)
-    model = JointModel(TINY, num_bio_tags=5, num_relations=3, method=method, pair_hidden_dim=8)
-    variables = model.init(jax.random.key(0), batch)
-    outputs = model.apply(variables, batch, label_source="gold")
-    assert ("ner_logits" in outputs) == (method != "re")
-    assert ("re_logits" in outputs) == (method != "ner")
-    terms = loss_terms(outputs, batch, "gs-based")
-    assert float(terms["ner_tokens"]) == (4.0 if method != "re" else 0.0)
-    assert float(terms["re_pairs"]) == (6.0 if method != "ner" else 0.0)
-    assert np.isfinite(float(total_loss(terms)))
-    assert model.encoder_prefixes()[0] == ("encoder",)
+    batch["word_index"] = jnp.array([[1, 2, 3, 4, 0, 0]])
+    return batch
+
+
+def test_gs_based_pairs_are_all_gold_entity_pairs():
+    batch = gold_batch()
+    gold = table([0, 1, 3], [2, 2, 4], [1, 2, 1])
+    mask, targets = relation_pairs(gold, batch["relations"], batch["row_mask"], "gs-based")
+    assert sorted(map(tuple, np.argwhere(np.asarray(mask[0])))) == list(
+        itertools.permutations([0, 1, 2], 2)
+    )
+    assert np.asarray(targets)[0, 0, 1] == 2 and np.asarray(targets).sum() == 2
+
+
+def test_incremental_pairs_known_answer():
+    batch = gold_batch()
+    gold = table([0, 1, 3], [2, 2, 4], [1, 2, 1])
+    # Decoded: A [0, 2) right; B [1, 3) wrong span; nothing at [3, 4).
+    predicted = table([0, 1], [2, 3], [1, 2])
+    joined = incremental_table(gold, predicted)
+    assert np.asarray(joined["mask"])[0].tolist() == [1, 1, 1, 0, 0, 1, 0, 0]
+    assert np.asarray(joined["predicted"])[0].tolist() == [1, 0, 0, 0, 0, 1, 0, 0]
+    mask, targets = relation_pairs(joined, batch["relations"], batch["row_mask"], "incremental")
+    pairs = sorted(map(tuple, np.argwhere(np.asarray(mask[0]))))
+    assert pairs == [(0, 1), (0, 5), (5, 0)]  # gold positive kept; decoded pairs negatives
+    assert np.asarray(targets)[0, 0, 1] == 2 and np.asarray(targets)[0, 0, 5] == 0
+
+
+def python_incremental(gold, relations, predicted):
+    """Plain-Python reference of the incremental pairs, as (head key, tail key) -> target."""
+    out = {}
+    gold_keys = [tuple(x) for x in gold if x[2]]
+    found = [tuple(x) for x in predicted if x[2]]
+    for i, j in itertools.permutations(range(len(gold_keys)), 2):
+        if relations[i, j]:
+            out[(gold_keys[i], gold_keys[j])] = int(relations[i, j])
+    for a, b in itertools.permutations(found, 2):
+        out.setdefault((a, b), 0)
+    return out
+
+
+def test_incremental_mask_equals_python_reference():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        g_spans = sorted(
+            {(int(a), int(a) + int(w)) for a, w in rng.integers(0, 6, (4, 2)) + [0, 1]}
+        )
+        p_spans = sorted(
+            {(int(a), int(a) + int(w)) for a, w in rng.integers(0, 6, (4, 2)) + [0, 1]}
+        )
+        g_types = rng.integers(1, 3, len(g_spans)).tolist()
+        p_types = [
+            g_types[g_spans.index(s)] if s in g_spans and rng.random() < 0.7 else rng.integers(1, 3)
+            for s in p_spans
+        ]
+        g_rows = [(a, b, k) for (a, b), k in zip(g_spans, g_types, strict=True)]
+        p_rows = [(a, b, int(k)) for (a, b), k in zip(p_spans, p_types, strict=True)]
+        gold = table(*zip(*g_rows, strict=True), size=6)
+        predicted = table(*zip(*p_rows, strict=True), size=6)
+        relations = np.zeros((1, 6, 6), np.int32)
+        relations[0, : len(g_spans), : len(g_spans)] = (
+            rng.random((len(g_spans),) * 2) > 0.6
+        ) * rng.integers(1, 4, (len(g_spans),) * 2)
+        np.fill_diagonal(relations[0], 0)
+        joined = incremental_table(gold, predicted)
+        mask, targets = relation_pairs(
+            joined, jnp.asarray(relations), jnp.array([True]), "incremental"
+        )
+        keys = np.stack([np.asarray(joined[k])[0] for k in ("start", "end", "type")], -1)
+        got = {
+            (tuple(map(int, keys[i])), tuple(map(int, keys[j]))): int(targets[0, i, j])
+            for i, j in np.argwhere(np.asarray(mask[0]))
+        }
+        assert got == python_incremental(g_rows, relations[0], p_rows)
+
+
+@pytest.mark.parametrize("decoder", ["bio", "span"])
+@pytest.mark.parametrize("method", ["joint", "ner", "re", "pipeline"])
+def test_both_decoders_through_one_interface(method, decoder):
+    scheme = BioScheme(2) if decoder == "bio" else SpanScheme(2, 4)
+    batch = model_batch()
+    model = JointModel(
+        TINY, scheme, num_relations=3, method=method, pair_hidden_dim=8, span_hidden_dim=8,
+        max_entities=4,
+    )  # fmt: skip
+    variables = model.init(jax.random.key(0), batch, label_source="gold")
+    for negatives in ("gs-based", "incremental") if method == "joint" else ("gs-based",):
+        options = LossOptions(scheme, negatives)
+        outputs = model.apply(variables, batch, label_source="gold", tables=(options.re_table,))
+        assert ("ner_logits" in outputs) == (method != "re")
+        assert (f"re_logits_{options.re_table}" in outputs) == (method != "ner")
+        terms = loss_terms(outputs, batch, options)
+        ner_count = {"bio": 4.0, "span": 4 + 3 + 2 + 1.0}[decoder] if method != "re" else 0.0
+        assert float(terms["ner_count"]) == ner_count
+        if method != "ner" and negatives == "gs-based":
+            assert float(terms["re_pairs"]) == 6.0
+        assert np.isfinite(float(total_loss(terms)))
     assert ("re_encoder" in variables["params"]) == (method == "pipeline")
 
 
 def test_loss_sums_and_denominators_known_answer():
-    logits = jnp.zeros((1, 6, 5))  # uniform: CE = log(5) per token
-    terms = loss_terms({"ner_logits": logits}, {k: jnp.asarray(v) for k, v in gold_batch().items()})
-    assert float(terms["ner_tokens"]) == 4
+    logits = jnp.zeros((1, 6, 5))  # uniform: CE = log(5) per word
+    terms = loss_terms({"ner_logits": logits}, gold_batch(), LossOptions(BioScheme(2)))
+    assert float(terms["ner_count"]) == 4
     np.testing.assert_allclose(float(terms["ner_loss_sum"]), 4 * np.log(5), rtol=1e-6)
     np.testing.assert_allclose(float(total_loss(terms)), np.log(5), rtol=1e-6)

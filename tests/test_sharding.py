@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from jointre_jax import inference, parallel, train
+from jointre_jax import checkpoints, inference, parallel, runtime
 from jointre_jax.data.batching import Batcher
-from jointre_jax.data.corpus import load_split
+from jointre_jax.data.corpus import load_split, make_encoder
+from jointre_jax.labels import BioScheme
+from jointre_jax.model.losses import LossOptions
 from tests.conftest import REPO, override_flags
 from tests.test_train import tiny_train_config
 
@@ -46,17 +48,19 @@ def _setup(tmp_path, num_devices, fsdp):
     config.num_devices = num_devices
     config.sharding.fsdp = fsdp
     config.sharding.fsdp_min_size = 64  # the tiny model's arrays are small
-    data = load_split(config, "train", progress=False)
-    bert, _ = train.encoder_config(config)
-    model = train.create_model(config, data.schema, bert)
-    mesh = train.make_mesh(config)
-    state = train.create_state(config, model, None, 10, mesh)
-    batcher = Batcher(data.examples, (16, 128), 4, seed=0)
+    encoder = make_encoder(config)
+    data = load_split(config, "train", encoder, progress=False)
+    config.model.max_entities = runtime.entity_slots_of(config, data.examples)
+    bert, _ = runtime.encoder_config(config)
+    model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
+    mesh = runtime.make_mesh(config)
+    state = runtime.create_state(config, model, None, 10, mesh)
+    batcher = Batcher(data.examples, (16, 128), 4, seed=0, scheme=encoder.scheme)
     return mesh, state, batcher
 
 
 def _run_steps(mesh, state, batcher, steps=3):
-    train_fn, _ = train.jit_steps(mesh, state)
+    train_fn = runtime.jit_train_step(mesh, state, LossOptions(BioScheme(1)))
     sharding = parallel.batch_sharding(mesh)
     losses = []
     plan = batcher.epoch_plan(0) + batcher.epoch_plan(1)
@@ -92,10 +96,10 @@ def test_sharded_steps_equal_the_single_device_steps(tmp_path, num_devices, fsdp
 def test_fsdp_checkpoint_restores_on_one_device(tmp_path):
     mesh, state, batcher = _setup(tmp_path, 4, 2)
     state, _ = _run_steps(mesh, state, batcher, steps=1)
-    manager = train.checkpoint_manager(tmp_path / "ckpt")
-    train.save(manager, int(state.step), state, {"best_epoch": 1})
+    manager = checkpoints.checkpoint_manager(tmp_path / "ckpt")
+    checkpoints.save(manager, int(state.step), state, {"best_epoch": 1})
     _, target, _ = _setup(tmp_path, 1, 1)
-    restored, meta = train.restore(manager, target)
+    restored, meta = checkpoints.restore(manager, target)
     assert meta == {"best_epoch": 1} and int(restored.step) == 1
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         assert len(b.sharding.device_set) == 1

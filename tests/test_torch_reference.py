@@ -10,10 +10,10 @@ torch = pytest.importorskip(
 )
 
 from benchmarks import torch_reference  # noqa: E402
-from jointre_jax import train  # noqa: E402
+from jointre_jax import runtime  # noqa: E402
 from jointre_jax.data.batching import Batcher  # noqa: E402
-from jointre_jax.data.corpus import load_split  # noqa: E402
-from jointre_jax.model.losses import loss_terms, total_loss  # noqa: E402
+from jointre_jax.data.corpus import load_split, make_encoder  # noqa: E402
+from jointre_jax.model.losses import LossOptions, loss_terms, total_loss  # noqa: E402
 from tests.test_train import tiny_train_config  # noqa: E402
 
 
@@ -21,18 +21,20 @@ from tests.test_train import tiny_train_config  # noqa: E402
 def test_torch_reference_gives_the_jax_loss_and_logits(tmp_path, re_option):
     config = tiny_train_config(tmp_path, epochs=1)
     config.model.re_option = re_option
-    data = load_split(config, "train", progress=False)
-    bert, _ = train.encoder_config(config)
-    model = train.create_model(config, data.schema, bert)
-    state = train.create_state(config, model, None, 10, train.make_mesh(config))
-    batcher = Batcher(data.examples, (16, 128), 4)
+    encoder = make_encoder(config)
+    data = load_split(config, "train", encoder, progress=False)
+    bert, _ = runtime.encoder_config(config)
+    config.model.max_entities = runtime.entity_slots_of(config, data.examples)
+    model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
+    state = runtime.create_state(config, model, None, 10, runtime.make_mesh(config))
+    batcher = Batcher(data.examples, (16, 128), 4, scheme=encoder.scheme)
     batch = batcher.build(batcher.eval_plan()[0])
     outputs = model.apply({"params": state.params}, batch, label_source="gold")
-    jax_loss = float(total_loss(loss_terms(outputs, batch)))
+    jax_loss = float(total_loss(loss_terms(outputs, batch, LossOptions(encoder.scheme))))
 
     reference = torch_reference.TorchJointModel(
         torch_reference.bert_config(bert),
-        data.schema.num_bio_tags,
+        encoder.scheme.num_classes,
         data.schema.num_relation_labels,
         re_option,
         config.model.ner_label_embedding_dim,
@@ -45,13 +47,18 @@ def test_torch_reference_gives_the_jax_loss_and_logits(tmp_path, re_option):
         torch_loss = float(
             torch_reference.joint_loss(ner_logits, re_logits, torch_reference.to_torch(batch))
         )
-    mask = batch["input_mask"]
+    mask = batch["word_mask"]
     np.testing.assert_allclose(
         ner_logits.numpy()[mask], np.asarray(outputs["ner_logits"])[mask], atol=1e-4, rtol=1e-4
     )
-    pairs = mask[:, :, None] & mask[:, None, :]
+    gold = batch["entity_type"] > 0
+    pairs = gold[:, :, None] & gold[:, None, :]
+    assert pairs.sum() > 4
     np.testing.assert_allclose(
-        re_logits.numpy()[pairs], np.asarray(outputs["re_logits"])[pairs], atol=1e-4, rtol=1e-4
+        re_logits.numpy()[pairs],
+        np.asarray(outputs["re_logits_gold"])[pairs],
+        atol=1e-4,
+        rtol=1e-4,
     )
     assert torch_loss == pytest.approx(jax_loss, rel=1e-4)
     assert jax.tree.leaves(state.params)  # a real model was compared

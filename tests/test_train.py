@@ -7,16 +7,20 @@ import jax
 import numpy as np
 import pytest
 
-from jointre_jax import inference, train
+from jointre_jax import checkpoints, inference, runtime, train
 from jointre_jax.data.batching import Batcher
-from jointre_jax.data.corpus import load_split
+from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.evaluation import Scorer
+from jointre_jax.labels import BioScheme
+from jointre_jax.predictor import PredictedEntity, Prediction
 from tests.conftest import tiny_corpus
 
 
-def tiny_train_config(root, epochs=25, method="joint", negatives="gs-based"):
+def tiny_train_config(root, epochs=25, method="joint", negatives="gs-based", decoder="bio"):
     config = tiny_corpus(root)
     config.model.pretrained = False
+    config.model.ner_decoder = decoder
+    config.model.span_hidden_dim = 16
     config.model.pair_hidden_dim = 16
     config.model.method = method
     config.model.negative_sampling = negatives
@@ -30,10 +34,17 @@ def tiny_train_config(root, epochs=25, method="joint", negatives="gs-based"):
 
 
 @pytest.mark.parametrize(
-    "method, negatives", [("joint", "gs-based"), ("joint", "incremental"), ("pipeline", "gs-based")]
+    "method, negatives, decoder",
+    [
+        ("joint", "gs-based", "bio"),
+        ("joint", "incremental", "bio"),
+        ("pipeline", "gs-based", "bio"),
+        ("joint", "gs-based", "span"),
+        ("joint", "incremental", "span"),
+    ],
 )
-def test_scores_rise_from_their_initial_values(tmp_path, method, negatives):
-    config = tiny_train_config(tmp_path / "a", 20, method, negatives)
+def test_scores_rise_from_their_initial_values(tmp_path, method, negatives, decoder):
+    config = tiny_train_config(tmp_path / "a", 20, method, negatives, decoder)
     config.checkpoint_every_steps = 0
     trained = train.train_and_evaluate(config, tmp_path / "run")
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -46,6 +57,9 @@ def test_scores_rise_from_their_initial_values(tmp_path, method, negatives):
     for key in ("ner", "re_gs", "re_e2e"):
         assert {"precision", "recall", "f1", "per_type"} <= saved[key].keys()
         assert 0.0 <= saved[key]["f1"] <= 1.0
+    corpus = saved["corpus"]  # every annotation counts: the corpus gold holds at least as much
+    assert corpus["gold"]["entities"] >= saved["ner"]["tp"] + saved["ner"]["fn"]
+    assert 0.3 < corpus["ner"]["f1"] <= 1.0
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
@@ -71,23 +85,24 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert [json.loads(x)["epoch"] for x in log] == [0, 1, 2, 3]
     for key in ("ner", "re_gs", "re_e2e"):
         assert resumed[key] == uninterrupted[key]
-    _, full_state, _, _ = inference.load_run(tmp_path / "full")
-    _, resumed_state, _, _ = inference.load_run(tmp_path / "killed")
-    for a, b in zip(
-        jax.tree.leaves(full_state.params), jax.tree.leaves(resumed_state.params), strict=True
-    ):
+    _, full, _ = inference.load_run(tmp_path / "full")
+    _, resumed_run, _ = inference.load_run(tmp_path / "killed")
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed_run.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
 def test_one_compile_per_length_bucket(tmp_path):
     config = tiny_train_config(tmp_path, epochs=1)
-    data = load_split(config, "train", progress=False)
-    batcher = Batcher(data.examples, (8, 16, 32, 128), 4)
-    bert, _ = train.encoder_config(config)
-    model = train.create_model(config, data.schema, bert)
-    mesh = train.make_mesh(config)
-    state = train.create_state(config, model, None, 10, mesh)
-    train_fn, predict_fn = train.jit_steps(mesh, state)
+    encoder = make_encoder(config)
+    data = load_split(config, "train", encoder, progress=False)
+    config.model.max_entities = runtime.entity_slots_of(config, data.examples)
+    batcher = Batcher(data.examples, (8, 16, 32, 128), 4, scheme=encoder.scheme)
+    bert, _ = runtime.encoder_config(config)
+    model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
+    mesh = runtime.make_mesh(config)
+    state = runtime.create_state(config, model, None, 10, mesh)
+    train_fn = runtime.jit_train_step(mesh, state, runtime.loss_options(config, encoder.scheme))
+    predict_fn = runtime.jit_predict_step(mesh, state.params, model)
     rng = jax.random.key(0)
     lengths = set()
     for epoch in range(3):
@@ -97,13 +112,17 @@ def test_one_compile_per_length_bucket(tmp_path):
             state, _ = train_fn(state, batch, rng)
     assert train_fn._cache_size() == len(lengths) >= 2
     for planned in batcher.eval_plan():
-        predict_fn(state, batcher.build(planned))
+        predict_fn(state.params, batcher.build(planned))
     assert predict_fn._cache_size() == len({p.length for p in batcher.eval_plan()})
-    manager = train.checkpoint_manager(tmp_path / "ckpt")
-    train.save(manager, int(state.step), state, {})
-    restored, _ = train.restore(manager, state)
+    manager = checkpoints.checkpoint_manager(tmp_path / "ckpt")
+    checkpoints.save(manager, int(state.step), state, {})
+    restored, _ = checkpoints.restore(manager, state)
+    params = checkpoints.restore_params(manager, state.params)  # what inference restores
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for planned in batcher.eval_plan():  # a restored state reuses every compiled shape
-        predict_fn(restored, batcher.build(planned))
+        predict_fn(restored.params, batcher.build(planned))
+        predict_fn(params, batcher.build(planned))
         restored, _ = train_fn(restored, batcher.build(planned), rng)
     assert train_fn._cache_size() == len(lengths)
     assert predict_fn._cache_size() == len({p.length for p in batcher.eval_plan()})
@@ -118,6 +137,8 @@ def test_evaluate_folder_matches_training_scores(tmp_path):
     )
     for key in ("ner", "re_gs", "re_e2e"):
         assert scores[key]["f1"] == pytest.approx(trained[key]["f1"])
+    for key in ("ner", "re_e2e"):  # the same corpus gold, read by evaluate from the folder
+        assert scores["corpus"][key] == trained["corpus"][key]
     assert scores["data"]["documents"] == 3
     everything = inference.evaluate_folder(tmp_path / "run", corpus / "brat")
     assert everything["data"]["documents"] == 4
@@ -129,28 +150,26 @@ def test_ner_scorer_agrees_with_seqeval():
 
     rng = np.random.default_rng(0)
     types = ["A", "B", "C"]
-    names = ["O"] + [f"{p}-{t}" for t in types for p in "BI"]
+    names = BioScheme(3).tag_names(types)
     scorer = Scorer(types, ["none", "R"])
     gold_seqs, pred_seqs = [], []
     for key in range(50):
-        n = int(rng.integers(4, 14))
+        n = int(rng.integers(2, 12))
         gold = rng.integers(0, 7, n)
-        gold[0] = gold[-1] = 0
-        spans = scorer_spans = []
-        from jointre_jax.evaluation import bio_to_spans
-
-        scorer_spans = bio_to_spans(gold, n)
         spans = tuple(
-            EntitySpan(s, e, k, 0, 0, f"T{i}") for i, (s, e, k) in enumerate(scorer_spans)
+            EntitySpan(s, e, k, 0, 0, f"T{i}")
+            for i, (s, e, k) in enumerate(BioScheme.spans(gold, n))
         )
+        words = np.zeros((n, 2), np.int32)
         example = Example(
-            "d", 1, 0, 0, "", np.zeros(n, np.int32), np.zeros((n, 2), np.int32), gold, spans, ()
-        )
+            "d", 1, 0, 0, "", np.zeros(n + 2, np.int32), np.zeros((n + 2, 2), np.int32), words,
+            np.arange(1, n + 1, dtype=np.int32), spans, (),
+        )  # fmt: skip
         predicted = np.where(rng.random(n) < 0.3, rng.integers(0, 7, n), gold)
-        predicted[0] = predicted[-1] = 0
-        scorer.add(key, example, predicted)
-        gold_seqs.append([names[t] for t in gold[1:-1]])
-        pred_seqs.append([names[t] for t in predicted[1:-1]])
+        entities = [PredictedEntity(s, e, k, 0, 0) for s, e, k in BioScheme.spans(predicted, n)]
+        scorer.add(key, example, Prediction(entities, [], None))
+        gold_seqs.append([names[t] for t in gold])
+        pred_seqs.append([names[t] for t in predicted])
     ours = scorer.results()["ner"]
     assert ours["f1"] == pytest.approx(seqeval.f1_score(gold_seqs, pred_seqs))
     assert ours["precision"] == pytest.approx(seqeval.precision_score(gold_seqs, pred_seqs))

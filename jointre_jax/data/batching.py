@@ -6,15 +6,18 @@ per bucket. The plan of an epoch (which examples go in which batch, in which ord
 on the seed and the epoch, so every process of a multi-host job computes the same plan and
 materialises only its own rows: ``rows [p * B / P, (p + 1) * B / P)`` of each global batch.
 
-Batch arrays (B = rows of this process, L = bucket length):
+Batch arrays (B = rows of this process, L = bucket length, N = ``max_entities``). Words have
+L slots too (an example never has more words than wordpieces):
 
 * ``input_ids`` int32 [B, L]; ``input_mask`` bool [B, L]: real wordpieces incl. [CLS]/[SEP];
-* ``label_mask`` bool [B, L]: wordpieces that carry an NER label (no specials, no padding);
-* ``ner_labels`` int32 [B, L]: BIO tag ids (0 where masked);
-* ``entity_start``/``entity_end`` int32 [B, L]: at the anchor wordpiece of each gold entity,
-  its wordpiece span [start, end); -1 elsewhere; ``entity_type`` int32 [B, L]: 1 + type id at
-  anchors, 0 elsewhere;
-* ``relations`` int32 [B, L, L]: relation label id of (head anchor, tail anchor), 0 = none;
+* ``word_index`` int32 [B, L]: wordpiece index of each word's first wordpiece (0 past the last
+  word); ``word_mask`` bool [B, L]: real words;
+* the label scheme's NER targets (:meth:`jointre_jax.labels.EntityScheme.targets`): for BIO
+  ``ner_labels`` int32 [B, L], one tag per word (0 past the last word);
+* the gold entity table: ``entity_start``/``entity_end`` int32 [B, N] word span [start, end),
+  ``entity_type`` int32 [B, N] 1 + type id (0: empty slot), in the example's entity order;
+  ``entity_overflow`` int32 [B]: gold entities beyond N (left out of the table, counted);
+* ``relations`` int32 [B, N, N]: relation label id from table entity i to j, 0 = none;
 * ``example_index`` int32 [B]: index into the split's example list, -1 for filler rows;
   ``row_mask`` bool [B].
 """
@@ -27,6 +30,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from jointre_jax.data.encode import Example
+from jointre_jax.labels import BioScheme, EntityScheme
 
 
 def bucket_for(length: int, boundaries: Sequence[int]) -> int:
@@ -52,8 +56,10 @@ class Batcher:
       examples: the split's examples.
       boundaries: ascending bucket lengths; the last must hold the longest example.
       batch_size: global batch size (rows over all processes).
-      anchor: "first" or "last" wordpiece of an entity carries its relations.
       seed: shuffling seed; the plan of epoch e uses ``(seed, e)``.
+      scheme: the label scheme whose NER targets the batches carry (default BIO).
+      max_entities: N, the slots of the entity table (default: the most entities of any
+        example, rounded up to a multiple of 8).
     """
 
     def __init__(
@@ -61,8 +67,9 @@ class Batcher:
         examples: Sequence[Example],
         boundaries: Sequence[int],
         batch_size: int,
-        anchor: str = "first",
         seed: int = 0,
+        scheme: EntityScheme | None = None,
+        max_entities: int = 0,
     ):
         if list(boundaries) != sorted(set(boundaries)) or not boundaries:
             raise ValueError(f"bucket boundaries must be ascending and unique: {boundaries}")
@@ -71,8 +78,9 @@ class Batcher:
         self.examples = examples
         self.boundaries = tuple(int(b) for b in boundaries)
         self.batch_size = int(batch_size)
-        self.anchor = anchor
         self.seed = int(seed)
+        self.scheme = scheme if scheme is not None else BioScheme(1)
+        self.max_entities = int(max_entities) or entity_slots(examples)
         self.lengths = np.array([ex.length for ex in examples], np.int64)
         self.buckets = np.array([bucket_for(n, self.boundaries) for n in self.lengths], np.int64)
 
@@ -136,35 +144,45 @@ class Batcher:
     def build(self, planned: PlannedBatch, rows: slice = slice(None)) -> dict[str, np.ndarray]:
         """Arrays of the rows ``rows`` of a planned batch (see module docstring)."""
         indices = planned.indices[rows]
-        size, length = len(indices), planned.length
+        size, length, slots = len(indices), planned.length, self.max_entities
         batch = {
             "input_ids": np.zeros((size, length), np.int32),
             "input_mask": np.zeros((size, length), bool),
-            "label_mask": np.zeros((size, length), bool),
-            "ner_labels": np.zeros((size, length), np.int32),
-            "entity_start": np.full((size, length), -1, np.int32),
-            "entity_end": np.full((size, length), -1, np.int32),
-            "entity_type": np.zeros((size, length), np.int32),
-            "relations": np.zeros((size, length, length), np.int32),
+            "word_index": np.zeros((size, length), np.int32),
+            "word_mask": np.zeros((size, length), bool),
+            "entity_start": np.zeros((size, slots), np.int32),
+            "entity_end": np.zeros((size, slots), np.int32),
+            "entity_type": np.zeros((size, slots), np.int32),
+            "entity_overflow": np.zeros(size, np.int32),
+            "relations": np.zeros((size, slots, slots), np.int32),
             "example_index": indices.astype(np.int32),
             "row_mask": indices >= 0,
         }
+        targets = {}
         for row, index in enumerate(indices):
             if index < 0:
                 continue
             ex = self.examples[index]
-            n = ex.length
+            n, w = ex.length, ex.num_words
             batch["input_ids"][row, :n] = ex.input_ids
             batch["input_mask"][row, :n] = True
-            batch["label_mask"][row, 1 : n - 1] = True
-            batch["ner_labels"][row, :n] = ex.ner_tags
-            anchors = [ex.anchor(i, self.anchor) for i in range(len(ex.entities))]
-            for anchor, span in zip(anchors, ex.entities, strict=True):
-                batch["entity_start"][row, anchor] = span.start
-                batch["entity_end"][row, anchor] = span.end
-                batch["entity_type"][row, anchor] = span.label + 1
+            batch["word_index"][row, :w] = ex.word_starts
+            batch["word_mask"][row, :w] = True
+            table = ex.entities[:slots]
+            batch["entity_overflow"][row] = len(ex.entities) - len(table)
+            for i, span in enumerate(table):
+                batch["entity_start"][row, i] = span.start
+                batch["entity_end"][row, i] = span.end
+                batch["entity_type"][row, i] = span.label + 1
             for head, tail, label in ex.relations:
-                batch["relations"][row, anchors[head], anchors[tail]] = label
+                if head < slots and tail < slots:
+                    batch["relations"][row, head, tail] = label
+            for key, value in self.scheme.targets(ex.entities, w, length).items():
+                targets.setdefault(key, np.zeros((size, *value.shape), value.dtype))[row] = value
+        if not targets:  # every row a filler: the arrays still need their shapes
+            probe = self.scheme.targets((), 0, length)
+            targets = {k: np.zeros((size, *v.shape), v.dtype) for k, v in probe.items()}
+        batch.update(targets)
         return batch
 
     def iterate(
@@ -178,6 +196,13 @@ class Batcher:
         rows = self.local_rows(process_index, process_count)
         for planned in plan[start_step:]:
             yield self.build(planned, rows)
+
+
+def entity_slots(examples: Sequence[Example], multiple: int = 8) -> int:
+    """The most entities of any example, rounded up to a multiple of ``multiple`` (at least
+    ``multiple``): the static size N of the entity tables."""
+    most = max((len(ex.entities) for ex in examples), default=0)
+    return max(multiple, -(-most // multiple) * multiple)
 
 
 def padding_stats(batcher: Batcher, plan: Sequence[PlannedBatch]) -> dict:

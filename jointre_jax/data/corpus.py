@@ -18,6 +18,8 @@ from jointre_jax.data.brat import BratFormatError, read_document, read_text
 from jointre_jax.data.encode import Encoder, Example
 from jointre_jax.data.schema import Schema
 from jointre_jax.data.tokenization import load_tokenizer
+from jointre_jax.evaluation import CorpusGold
+from jointre_jax.labels import make_scheme
 
 
 @dataclasses.dataclass
@@ -28,6 +30,8 @@ class SplitData:
     examples: list[Example]
     accounting: Accounting
     schema: Schema
+    # Every entity and relation of the kept types of the documents the examples come from.
+    corpus_gold: CorpusGold | None = None
 
 
 def read_split_ids(split_file: str | pathlib.Path) -> list[str]:
@@ -79,23 +83,24 @@ def find_documents(brat_dir: str | pathlib.Path, ids=None, split_file=None) -> l
 
 
 def make_encoder(config) -> Encoder:
-    """The Encoder that ``config`` describes (schema, tokenizer, length, policies)."""
+    """The Encoder that ``config`` describes (schema, tokenizer, length, label scheme)."""
     lowercase = config.model.get("lowercase")
     tokenizer = load_tokenizer(str(config.model.encoder), lowercase)
     return Encoder(
         Schema.from_config(config.data),
         tokenizer,
         max_length=int(config.data.max_length),
-        anchor=str(config.data.anchor),
-        overlap_policy=str(config.data.overlap_policy),
+        scheme=make_scheme(config),
         lenient=bool(config.data.lenient),
     )
 
 
 def encode_files(
-    txt_paths, encoder: Encoder, name: str = "", progress: bool = True
+    txt_paths, encoder: Encoder, name: str = "", progress: bool = True, gold=None
 ) -> tuple[list[Example], Accounting]:
     """Reads and encodes BRAT documents; returns their examples and the merged accounting.
+
+    ``gold``: a :class:`~jointre_jax.evaluation.CorpusGold` that each document read is added to.
 
     A document that cannot be read at all (missing ``.ann``, ``.ann`` not UTF-8) raises, or in
     lenient mode is counted in ``skipped`` as "unreadable_document" with its message kept.
@@ -114,6 +119,8 @@ def encode_files(
             logging.warning("skipped %s", err)
         else:
             examples.extend(encoder.encode_document(doc, acc))
+            if gold is not None:
+                gold.add_document(doc)
         total.merge(acc)
     total.check()
     return examples, total
@@ -139,12 +146,17 @@ def load_split(
 
     ``config.data.max_train_examples`` / ``max_eval_examples`` (> 0) keep only the first
     examples of the train split / of the others; the accounting still describes every document
-    read.
+    read, and the corpus gold holds the documents whose examples are all kept.
     """
     encoder = encoder or make_encoder(config)
-    examples, acc = encode_files(split_documents(config, split), encoder, split, progress)
+    gold = CorpusGold(encoder.schema)
+    examples, acc = encode_files(split_documents(config, split), encoder, split, progress, gold)
     field = "max_train_examples" if split == config.data.train_split else "max_eval_examples"
     limit = int(config.data.get(field, 0) or 0)
-    if limit > 0:
-        examples = examples[:limit]
-    return SplitData(split, examples, acc, encoder.schema)
+    if 0 < limit < len(examples):
+        cut = examples[limit - 1].doc_id
+        whole = {ex.doc_id for ex in examples[:limit]} - (
+            {cut} if examples[limit].doc_id == cut else set()
+        )
+        examples, gold = examples[:limit], gold.restricted(whole)
+    return SplitData(split, examples, acc, encoder.schema, gold)

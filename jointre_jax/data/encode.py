@@ -1,16 +1,25 @@
-"""Documents to model examples: one criterion (line) per example, BIO tags at wordpiece level.
+"""Documents to model examples: one criterion (line) per example, entities over whole words.
 
-Policies for what BIO cannot hold (each drop is counted under the reason in quotes):
+A *word* is one pre-tokenized word of the encoder's tokenizer (its ``word_ids``: BERT splits on
+whitespace and punctuation, so "I-II" is three words and "Anesthesiologists" one). Words are the
+unit of every entity boundary: an example lists its words (character offsets, first wordpiece),
+and its entities are word spans. The label scheme (:mod:`jointre_jax.labels`, BIO or span) says
+which gold entities an example can hold.
+
+Policies for what an example cannot hold (each drop is counted under the reason in quotes):
 
 * "crosses_line": an entity whose span runs past the end of its criterion line.
 * "discontinuous": an entity of several fragments, unless the slice from its first start to
   its last end is exactly its mention (then it is kept, repaired "merged_fragments").
-* "token_boundary": an entity edge falls inside a wordpiece, so no wordpiece span has exactly
-  its text.
-* "overlap": nested or overlapping entities; ``overlap_policy`` picks the non-overlapping
-  subset to keep ("most_relations": maximum total weight, weight = 1 + relations of the
-  entity, by weighted interval scheduling; "longest"/"shortest": greedy by length).
-* Criteria longer than ``max_length`` wordpieces are split into windows at token boundaries
+* "inside_word": an entity edge falls inside a word (0.4% of Chia's entities; most are parts of
+  a hyphen-free compound or a unit glued to a number). Whole words are the unit: the entity is
+  dropped from the training targets and, scored against the corpus gold, counts as a miss.
+* BIO only, "overlap": nested or overlapping entities; ``overlap_policy`` picks the
+  non-overlapping subset to keep ("most_relations": maximum total weight, weight = 1 +
+  relations of the entity, by weighted interval scheduling; "longest"/"shortest": greedy).
+* Span only, "same_span": a second entity on the same words (one class per span; the one with
+  more relations is kept); "too_wide": an entity of more than ``max_span_width`` words.
+* Criteria longer than ``max_length`` wordpieces are split into windows at word boundaries
   that cut no kept entity (preferring a cut after punctuation); "window_too_short" counts an
   entity longer than a window (it cannot happen at length 128 on Chia).
 * Relations lose an argument ("argument_<reason of the entity>"), join two lines
@@ -30,19 +39,18 @@ import numpy as np
 from jointre_jax.data.accounting import Accounting
 from jointre_jax.data.brat import Document, Entity
 from jointre_jax.data.schema import RelationCandidate, Schema
+from jointre_jax.labels import BioScheme, EntityScheme
 
 _LINE_BREAK = re.compile(r"\r\n|\n|\r")
 _CUT_AFTER = frozenset(".;,:!?)")
-OVERLAP_POLICIES = ("most_relations", "longest", "shortest")
-ANCHORS = ("first", "last")
 
 
 @dataclasses.dataclass(frozen=True)
 class EntitySpan:
     """A kept entity inside an example.
 
-    ``start``/``end``: wordpiece indices into the example's ``input_ids`` ([CLS] is index 0),
-    end exclusive. ``char_start``/``char_end``: offsets into the example's ``text``.
+    ``start``/``end``: word indices into the example's ``words``, end exclusive.
+    ``char_start``/``char_end``: offsets into the example's ``text`` (whole words).
     ``label``: 0-based entity type id.
     """
 
@@ -59,10 +67,12 @@ class Example:
     """One model input: a criterion line, or one window of a long one.
 
     ``input_ids`` int32 [n] with [CLS] ... [SEP]; ``offsets`` int32 [n, 2] character offsets
-    of each wordpiece into ``text`` ((0, 0) for special tokens); ``ner_tags`` int32 [n] BIO ids
-    (0 on special tokens); ``relations``: (head entity index, tail entity index, label id >= 1)
-    into ``entities``. ``text`` is the whole criterion line; ``line_start`` its character
-    offset in the document; ``line`` its 1-based line number.
+    of each wordpiece into ``text`` ((0, 0) for special tokens); ``words`` int32 [w, 2]
+    character offsets of each word into ``text``; ``word_starts`` int32 [w] index into
+    ``input_ids`` of each word's first wordpiece; ``entities`` sorted by (start, end);
+    ``relations``: (head entity index, tail entity index, label id >= 1) into ``entities``.
+    ``text`` is the whole criterion line; ``line_start`` its character offset in the document;
+    ``line`` its 1-based line number.
     """
 
     doc_id: str
@@ -72,18 +82,19 @@ class Example:
     text: str
     input_ids: np.ndarray
     offsets: np.ndarray
-    ner_tags: np.ndarray
+    words: np.ndarray
+    word_starts: np.ndarray
     entities: tuple[EntitySpan, ...]
     relations: tuple[tuple[int, int, int], ...]
 
     @property
     def length(self) -> int:
+        """Wordpieces, [CLS] and [SEP] included."""
         return len(self.input_ids)
 
-    def anchor(self, entity_index: int, anchor: str = "first") -> int:
-        """Wordpiece index where relations of entity ``entity_index`` live."""
-        span = self.entities[entity_index]
-        return span.start if anchor == "first" else span.end - 1
+    @property
+    def num_words(self) -> int:
+        return len(self.word_starts)
 
 
 def split_lines(text: str) -> list[tuple[int, int, int]]:
@@ -96,55 +107,18 @@ def split_lines(text: str) -> list[tuple[int, int, int]]:
     return lines
 
 
-def select_non_overlapping(spans, weights, policy: str) -> list[int]:
-    """Indices of a non-overlapping subset of half-open ``spans`` [(start, end)].
-
-    "most_relations": maximum total ``weights`` (weighted interval scheduling; ties go to the
-    earlier-ending, then earlier-listed spans); "longest"/"shortest": greedy by length.
-    Returns the chosen indices in ascending order.
-    """
-    if policy not in OVERLAP_POLICIES:
-        raise ValueError(f"overlap_policy {policy!r} not in {OVERLAP_POLICIES}")
-    order = sorted(range(len(spans)), key=lambda i: (spans[i][1], spans[i][0], i))
-    if policy != "most_relations":
-        sign = -1 if policy == "longest" else 1
-        greedy = sorted(
-            range(len(spans)), key=lambda i: (sign * (spans[i][1] - spans[i][0]), spans[i][0], i)
-        )
-        chosen: list[int] = []
-        for i in greedy:
-            a, b = spans[i]
-            if all(b <= spans[j][0] or spans[j][1] <= a for j in chosen):
-                chosen.append(i)
-        return sorted(chosen)
-    ends = [spans[i][1] for i in order]
-    best = [0.0] * (len(order) + 1)  # best[k]: best weight using the first k spans by end
-    take = [False] * (len(order) + 1)
-    for k, i in enumerate(order, start=1):
-        previous = bisect.bisect_right(ends, spans[i][0], 0, k - 1)
-        with_it = best[previous] + weights[i]
-        take[k] = with_it > best[k - 1]
-        best[k] = with_it if take[k] else best[k - 1]
-    chosen, k = [], len(order)
-    while k > 0:
-        if take[k]:
-            i = order[k - 1]
-            chosen.append(i)
-            k = bisect.bisect_right(ends, spans[i][0], 0, k - 1)
-        else:
-            k -= 1
-    return sorted(chosen)
-
-
-def choose_windows(num_tokens: int, budget: int, spans, token_texts) -> list[tuple[int, int]]:
+def choose_windows(num_tokens: int, budget: int, spans, token_texts, cuts=None):
     """Cuts ``num_tokens`` wordpieces into windows of at most ``budget`` tokens.
 
-    A cut at i (between tokens i-1 and i) is allowed when no span in ``spans`` (token
-    [start, end)) contains both; among allowed cuts in the second half of a window, the last
-    one after punctuation wins, else the last allowed one. Returns [(start, end)] covering
-    0..num_tokens. If no cut is allowed (a span longer than the budget) it cuts at the budget.
+    A cut at i (between tokens i-1 and i) is allowed when ``cuts[i]`` (default: everywhere;
+    the encoder allows word starts only) and no span in ``spans`` (token [start, end))
+    contains both; among allowed cuts in the second half of a window, the last one after
+    punctuation wins, else the last allowed one. Returns [(start, end)] covering 0..num_tokens.
+    If no cut is allowed (a word or span longer than the budget) it cuts at the budget.
     """
     blocked = np.zeros(num_tokens + 1, dtype=bool)
+    if cuts is not None:
+        blocked |= ~np.asarray(cuts, bool)
     for start, end in spans:
         blocked[start + 1 : end] = True
     windows, start = [], 0
@@ -161,43 +135,45 @@ def choose_windows(num_tokens: int, budget: int, spans, token_texts) -> list[tup
 
 
 class Encoder:
-    """Turns documents into :class:`Example` lists with a fast (offset-mapping) tokenizer."""
+    """Turns documents into :class:`Example` lists with a fast (offset-mapping) tokenizer.
+
+    ``scheme`` (:mod:`jointre_jax.labels`) says which gold entities an example can hold; the
+    default is BIO with the "most_relations" overlap policy.
+    """
 
     def __init__(
         self,
         schema: Schema,
         tokenizer,
         max_length: int = 128,
-        anchor: str = "first",
-        overlap_policy: str = "most_relations",
+        scheme: EntityScheme | None = None,
         lenient: bool = True,
     ):
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("a fast tokenizer (with offset mapping) is required")
-        if anchor not in ANCHORS:
-            raise ValueError(f"anchor {anchor!r} not in {ANCHORS}")
-        if overlap_policy not in OVERLAP_POLICIES:
-            raise ValueError(f"overlap_policy {overlap_policy!r} not in {OVERLAP_POLICIES}")
         if max_length < 3:
             raise ValueError("max_length must leave room for [CLS] x [SEP]")
         self.schema = schema
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.anchor = anchor
-        self.overlap_policy = overlap_policy
+        self.scheme = scheme if scheme is not None else BioScheme(len(schema.entity_types))
         self.lenient = lenient
 
-    def tokenize(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Wordpiece ids int32 [n] and character offsets int32 [n, 2] of each text (no specials)."""
+    def tokenize(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per text: wordpiece ids int32 [n], character offsets int32 [n, 2] and word index
+        int32 [n] of each wordpiece (no specials)."""
         if not texts:
             return []
         enc = self.tokenizer(
             texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False
         )
-        return [
-            (np.asarray(ids, np.int32), np.asarray(offs, np.int32).reshape(-1, 2))
-            for ids, offs in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
-        ]
+        out = []
+        for k, (ids, offs) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
+            words = np.asarray(enc.word_ids(k), np.int32)  # no specials: every piece has one
+            out.append(
+                (np.asarray(ids, np.int32), np.asarray(offs, np.int32).reshape(-1, 2), words)
+            )
+        return out
 
     def encode_document(self, doc: Document, acc: Accounting) -> list[Example]:
         """Examples of ``doc``; each kept-type annotation is kept or counted in ``acc``."""
@@ -232,46 +208,71 @@ class Encoder:
         placed: dict[str, tuple[int, int, int]] = {}  # entity id -> (line k, window, index)
         examples: list[Example] = []
         for k, (number, line_start, line_end) in enumerate(lines):
-            ids, offsets = tokenized[k]
+            ids, offsets, word_of = tokenized[k]
             text = doc.text[line_start:line_end]
-            starts = {int(a): i for i, (a, b) in enumerate(offsets) if b > a}
-            ends = {int(b): i + 1 for i, (a, b) in enumerate(offsets) if b > a}
-            aligned = []  # (entity, token start, token end, char start, char end)
+            first_piece = np.flatnonzero(np.r_[True, word_of[1:] != word_of[:-1]])
+            last_piece = np.r_[first_piece[1:], len(ids)] - 1
+            words = np.stack([offsets[first_piece, 0], offsets[last_piece, 1]], -1)
+            starts = {int(a): w for w, (a, _) in enumerate(words)}
+            ends = {int(b): w + 1 for w, (_, b) in enumerate(words)}
+            aligned = []  # (entity, word start, word end, char start, char end)
             for entity, a, b in per_line.get(k, []):
                 a, b = a - line_start, b - line_start
                 if a in starts and b in ends and starts[a] < ends[b]:
                     aligned.append((entity, starts[a], ends[b], a, b))
                 else:
-                    dropped[entity.id] = "token_boundary"
-            keep = select_non_overlapping(
+                    dropped[entity.id] = "inside_word"
+            left_out = self.scheme.select(
                 [(s, e) for _, s, e, _, _ in aligned],
                 [1 + relation_weight.get(ent.id, 0) for ent, *_ in aligned],
-                self.overlap_policy,
             )
-            for i, item in enumerate(aligned):
-                if i not in keep:
-                    dropped[item[0].id] = "overlap"
-            kept = sorted((aligned[i] for i in keep), key=lambda item: item[1])
+            for i, reason in left_out.items():
+                dropped[aligned[i][0].id] = reason
+            kept = sorted(
+                (item for i, item in enumerate(aligned) if i not in left_out),
+                key=lambda item: (item[1], item[2]),
+            )
             token_texts = [text[a:b] for a, b in offsets]
+            word_cuts = np.zeros(len(ids) + 1, bool)
+            word_cuts[first_piece] = True
+            word_cuts[len(ids)] = True
             windows = choose_windows(
-                len(ids), self.max_length - 2, [(s, e) for _, s, e, _, _ in kept], token_texts
+                len(ids),
+                self.max_length - 2,
+                [(first_piece[s], last_piece[e - 1] + 1) for _, s, e, _, _ in kept],
+                token_texts,
+                word_cuts,
             )
             if len(windows) > 1:
                 acc.windowed_criteria += 1
             for w, (w_start, w_end) in enumerate(windows):
+                in_window = np.flatnonzero((first_piece >= w_start) & (first_piece < w_end))
+                if not len(in_window):
+                    continue
+                w_first, w_last = int(in_window[0]), int(in_window[-1]) + 1
                 spans = []
                 for entity, s, e, a, b in kept:
-                    if s >= w_start and e <= w_end:
+                    if s >= w_first and e <= w_last:
                         placed[entity.id] = (k, w, len(spans))
                         label = self.schema.entity_type_id(entity.type)
-                        spans.append(
-                            EntitySpan(s - w_start + 1, e - w_start + 1, label, a, b, entity.id)
-                        )
-                    elif s < w_end and e > w_start:
+                        spans.append(EntitySpan(s - w_first, e - w_first, label, a, b, entity.id))
+                    elif s < w_last and e > w_first:
                         dropped[entity.id] = "window_too_short"
                 examples.append(
-                    self._example(
-                        doc, number, line_start, w, text, ids, offsets, (w_start, w_end), spans
+                    Example(
+                        doc.doc_id,
+                        number,
+                        line_start,
+                        w,
+                        text,
+                        self._input_ids(ids[w_start:w_end]),
+                        np.concatenate(
+                            [np.zeros((1, 2), np.int32), offsets[w_start:w_end], np.zeros((1, 2))]
+                        ).astype(np.int32),
+                        words[w_first:w_last].astype(np.int32),
+                        (first_piece[w_first:w_last] - w_start + 1).astype(np.int32),
+                        tuple(spans),
+                        (),
                     )
                 )
         acc.entities.kept += len(placed)
@@ -283,20 +284,10 @@ class Encoder:
         self._attach_relations(relations, placed, reasons, examples, lines, acc)
         return examples
 
-    def _example(self, doc, number, line_start, window, text, ids, offsets, bounds, spans):
-        w_start, w_end = bounds
+    def _input_ids(self, ids: np.ndarray) -> np.ndarray:
         specials = self.tokenizer
-        input_ids = np.concatenate(
-            [[specials.cls_token_id], ids[w_start:w_end], [specials.sep_token_id]]
-        ).astype(np.int32)
-        offs = np.zeros((len(input_ids), 2), np.int32)
-        offs[1:-1] = offsets[w_start:w_end]
-        tags = np.zeros(len(input_ids), np.int32)
-        for span in spans:
-            tags[span.start] = 1 + 2 * span.label
-            tags[span.start + 1 : span.end] = 2 + 2 * span.label
-        return Example(
-            doc.doc_id, number, line_start, window, text, input_ids, offs, tags, tuple(spans), ()
+        return np.concatenate([[specials.cls_token_id], ids, [specials.sep_token_id]]).astype(
+            np.int32
         )
 
     def _attach_relations(self, relations, placed, reasons, examples, lines, acc):

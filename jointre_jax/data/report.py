@@ -46,8 +46,10 @@ def build_report(config, splits=None, progress: bool = False) -> dict:
             "encoder": str(config.model.encoder),
             "max_length": int(data.max_length),
             "bucket_boundaries": list(data.bucket_boundaries),
+            "ner_decoder": encoder.scheme.name,
             "anchor": str(data.anchor),
             "overlap_policy": str(data.overlap_policy),
+            "max_span_width": int(config.model.max_span_width),
             "group_expansion": str(data.group_expansion),
             "lenient": bool(data.lenient),
             "entity_types": list(encoder.schema.entity_types),
@@ -63,10 +65,13 @@ def build_report(config, splits=None, progress: bool = False) -> dict:
             loaded.examples,
             data.bucket_boundaries,
             data.batch_size if is_train else data.eval_batch_size,
-            anchor=str(data.anchor),
             seed=int(config.seed),
+            scheme=encoder.scheme,
         )
         plan = batcher.epoch_plan(0) if is_train else batcher.eval_plan()
+        entry["max_entities_per_example"] = max(
+            (len(ex.entities) for ex in loaded.examples), default=0
+        )
         entry["padding"] = {
             "batch_size": batcher.batch_size,
             "plan": "train (epoch 0)" if is_train else "eval",
@@ -92,7 +97,13 @@ def format_report(report: dict) -> str:
     out = [f"corpus {report['config']['data_dir']}  encoder {report['config']['encoder']}", ""]
     rows = [
         (key, *(splits[s][key] for s in names))
-        for key in ("documents", "criteria", "examples", "windowed_criteria")
+        for key in (
+            "documents",
+            "criteria",
+            "examples",
+            "windowed_criteria",
+            "max_entities_per_example",
+        )
     ]
     out += [_table(rows, ("", *names)), ""]
     for kind in ("entities", "relations"):

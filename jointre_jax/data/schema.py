@@ -41,8 +41,9 @@ class RelationCandidate:
 class Schema:
     """Entity types, relation types and how raw BRAT names map onto them.
 
-    BIO tag ids: 0 = "O", ``1 + 2k`` = "B-<type k>", ``2 + 2k`` = "I-<type k>".
-    Relation label ids: 0 = "none", ``1 + r`` = relation_labels[1 + r].
+    Entity type ids are 0-based indices into ``entity_types`` (the NER tags or span classes
+    built on them live in :mod:`jointre_jax.labels`). Relation label ids: 0 = "none",
+    ``1 + r`` = relation_labels[1 + r].
     """
 
     entity_types: tuple[str, ...]
@@ -75,21 +76,9 @@ class Schema:
 
     # ----------------------------------------------------------------- vocabularies
     @property
-    def bio_tags(self) -> tuple[str, ...]:
-        """["O", "B-T0", "I-T0", "B-T1", ...]."""
-        tags = ["O"]
-        for name in self.entity_types:
-            tags += [f"B-{name}", f"I-{name}"]
-        return tuple(tags)
-
-    @property
     def relation_labels(self) -> tuple[str, ...]:
         """["none", R-line relation types..., group relation types...]."""
         return ("none",) + self.relation_types + self.group_relations
-
-    @property
-    def num_bio_tags(self) -> int:
-        return 1 + 2 * len(self.entity_types)
 
     @property
     def num_relation_labels(self) -> int:

@@ -1,22 +1,36 @@
-"""The joint NER + RE model of Chen et al. (2020) and its standalone variants.
+"""The joint NER + RE model of Chen et al. (2020), its standalone variants and a span decoder.
+
+Every head works on **words**: the encoder's output at each word's first wordpiece
+(``batch["word_index"]``), so no entity can begin or end inside a word.
 
 ``method``:
 
-* ``joint``: BERT -> NER dense (BIO softmax); NER label embedding concatenated with the BERT
-  output -> head and tail dense layers -> pair scores;
+* ``joint``: BERT -> NER head; entity features (below) -> head and tail dense layers -> pair
+  scores;
 * ``ner``: the NER half alone (standalone NER);
-* ``re``: BERT -> head/tail dense -> pair scores, on gold entities (standalone RE, no label
-  embedding);
+* ``re``: BERT -> entity features without label embedding -> pair scores, on gold entities
+  (standalone RE);
 * ``pipeline``: a standalone NER network and a standalone RE network with separate encoders,
-  trained side by side; at inference the NER predictions choose the pairs the RE network scores.
+  trained side by side; at inference the NER predictions choose the entities the RE network
+  scores.
 
-``re_option`` (pair scorer, ``[B, L, L, R]`` logits, R = relation labels incl. "none"):
+The NER head and the entity features follow the label scheme (:mod:`jointre_jax.labels`):
 
-* ``m1``: linear(h_i + t_j) + b, computed as ``W h_i + W t_j + b`` (no [B, L, L, H] tensor);
+* ``bio``: a dense layer + softmax over BIO tags per word [B, L, T]; an NER label embedding
+  (16) of each word's tag is concatenated with the encoder output, and an entity's features are
+  those of its anchor word (first or last), as in the paper;
+* ``span``: a biaffine start-end scorer over all word pairs, one einsum to
+  ``[B, L, L, types + 1]``; an entity's features are its first word's and last word's encoder
+  outputs and its type embedding.
+
+Relations are scored between the entities of a table of N slots (:mod:`jointre_jax.labels`),
+``re_option`` being the pair scorer (``[B, N, N, R]`` logits, R = relation labels incl. "none"):
+
+* ``m1``: linear(h_i + t_j) + b, computed as ``W h_i + W t_j + b`` (no [B, N, N, H] tensor);
 * ``m2``: biaffine ``h_i^T U t_j + W (h_i || t_j) + b`` ("bilinear + linear");
 * ``m2_bilinear``: ``h_i^T U t_j`` alone ("bilinear only").
 
-The bilinear term is one einsum over all token pairs: ``bid,rde,bje->bijr``.
+The bilinear term is one einsum over all entity pairs: ``bid,rde,bje->bijr``.
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jointre_jax.labels import BioScheme, EntityScheme, SpanScheme, gold_table
 from jointre_jax.model.bert import BertConfig, BertModel
 
 METHODS = ("joint", "ner", "re", "pipeline")
@@ -35,8 +50,8 @@ LABEL_SOURCES = ("gold", "predicted")
 class PairScorer(nn.Module):
     """Head/tail projections and the pair scores of ``re_option``.
 
-    Input features [B, L, D]; output logits [B, L, L, num_relations] where [b, i, j] scores
-    the relation from the entity anchored at i (head) to the one anchored at j (tail).
+    Input features [B, N, D] of N entities; output logits [B, N, N, num_relations] where
+    [b, i, j] scores the relation from entity i (head) to entity j (tail).
     """
 
     num_relations: int
@@ -81,22 +96,84 @@ class PairScorer(nn.Module):
         return scores
 
 
+class SpanScorer(nn.Module):
+    """Biaffine start-end span scores: words [B, L, D] -> logits [B, L, L, num_classes].
+
+    ``[b, i, j, c]`` scores class c (0 = no entity) for the span from word i to word j
+    (inclusive): ``s_i^T U_c e_j + W_c (s_i || e_j) + b_c`` with ``s = relu(dense(h))`` and
+    ``e = relu(dense(h))`` the start and end vectors (Yu et al. 2020).
+    """
+
+    num_classes: int
+    hidden_dim: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, words, deterministic: bool = True, dropout_rate: float = 0.1):
+        dense = lambda n, name, bias=True: nn.Dense(  # noqa: E731
+            n, use_bias=bias, dtype=self.dtype, name=name
+        )
+        start = nn.relu(dense(self.hidden_dim, "start")(words))
+        end = nn.relu(dense(self.hidden_dim, "end")(words))
+        start = nn.Dropout(dropout_rate)(start, deterministic=deterministic)
+        end = nn.Dropout(dropout_rate)(end, deterministic=deterministic)
+        init = nn.initializers.lecun_normal(in_axis=(1, 2), out_axis=0)  # fan-in d * d
+        bilinear = self.param(
+            "bilinear", init, (self.num_classes, self.hidden_dim, self.hidden_dim), jnp.float32
+        )
+        scores = jnp.einsum("bid,cde,bje->bijc", start, bilinear.astype(self.dtype), end)
+        scores = scores + dense(self.num_classes, "linear_start")(start)[:, :, None, :]
+        return scores + dense(self.num_classes, "linear_end", bias=False)(end)[:, None, :, :]
+
+
+def gather(values, index):
+    """values [B, L, ...] at index int [B, N] -> [B, N, ...]."""
+    index = jnp.clip(index, 0, values.shape[1] - 1)
+    index = index.reshape(index.shape + (1,) * (values.ndim - 2))
+    return jnp.take_along_axis(values, index, axis=1)
+
+
+def incremental_table(gold: dict, predicted: dict) -> dict:
+    """Gold entities and the decoded ones that are not gold: [B, 2N] (incremental negatives).
+
+    A decoded entity equal to a gold one (span and type) is not repeated: it marks that gold
+    entity ``predicted``. ``predicted`` [B, 2N] is True for gold entities found by the decoder
+    and for every decoded entity that is not gold.
+    """
+    same = (
+        (predicted["start"][:, :, None] == gold["start"][:, None, :])
+        & (predicted["end"][:, :, None] == gold["end"][:, None, :])
+        & (predicted["type"][:, :, None] == gold["type"][:, None, :])
+        & predicted["mask"][:, :, None]
+        & gold["mask"][:, None, :]
+    )  # [B, N decoded, N gold]
+    extra = predicted["mask"] & ~same.any(axis=2)
+    joined = {k: jnp.concatenate([gold[k], predicted[k]], axis=1) for k in ("start", "end", "type")}
+    joined["mask"] = jnp.concatenate([gold["mask"], extra], axis=1)
+    joined["predicted"] = jnp.concatenate([same.any(axis=1), extra], axis=1)
+    return joined
+
+
 class JointModel(nn.Module):
     """NER and/or RE over a BERT encoder; see the module docstring for the variants.
 
-    ``__call__(batch, deterministic, label_source)`` takes the batch arrays of
-    ``data.batching`` (``input_ids`` and ``input_mask`` [B, L], ``ner_labels`` [B, L] when the
-    label embedding reads gold labels) and returns a dict with ``ner_logits`` [B, L, T] (not for
-    ``re``) and ``re_logits`` [B, L, L, R] (not for ``ner``).
+    ``__call__(batch, deterministic, label_source, tables)`` takes the batch arrays of
+    ``data.batching`` and returns a dict with ``ner_logits`` (not for ``re``; [B, L, T] for BIO,
+    [B, L, L, types + 1] for span), ``predicted`` (the decoded entity table, when a table needs
+    it) and, for each name in ``tables`` ("gold", "predicted", "incremental"), that entity
+    table as ``table_<name>`` and its relation logits as ``re_logits_<name>`` [B, N', N', R]
+    (not for ``ner``).
     """
 
     encoder_config: BertConfig
-    num_bio_tags: int
+    scheme: EntityScheme
     num_relations: int
     method: str = "joint"
     re_option: str = "m2_bilinear"
     label_embedding_dim: int = 16
     pair_hidden_dim: int = 256
+    span_hidden_dim: int = 256
+    max_entities: int = 32
     dropout_rate: float = 0.1
     dtype: jnp.dtype = jnp.float32
 
@@ -108,10 +185,14 @@ class JointModel(nn.Module):
             self.num_relations, self.pair_hidden_dim, self.re_option, self.dtype, name=name
         )
         self.encoder = bert("encoder")
+        classes = self.scheme.num_classes
         if self.method in ("joint", "ner", "pipeline"):
-            self.ner_dense = nn.Dense(self.num_bio_tags, dtype=self.dtype, name="ner")
+            if isinstance(self.scheme, SpanScheme):
+                self.ner_spans = SpanScorer(classes, self.span_hidden_dim, self.dtype, name="ner")
+            else:
+                self.ner_dense = nn.Dense(classes, dtype=self.dtype, name="ner")
         if self.method == "joint":
-            self.label_embedding = nn.Embed(self.num_bio_tags, self.label_embedding_dim)
+            self.label_embedding = nn.Embed(classes, self.label_embedding_dim)
         if self.method in ("joint", "re"):
             self.pairs = pairs("pairs")
         if self.method == "pipeline":
@@ -119,29 +200,73 @@ class JointModel(nn.Module):
             self.re_pairs = pairs("re_pairs")
         self.dropout = nn.Dropout(self.dropout_rate)
 
-    def __call__(self, batch, deterministic: bool = True, label_source: str = "predicted"):
+    def words(self, encoder, batch, deterministic: bool):
+        """Encoder output at each word's first wordpiece: [B, L, D]."""
+        hidden = encoder(batch["input_ids"], batch["input_mask"], deterministic=deterministic)
+        hidden = self.dropout(hidden, deterministic=deterministic)
+        return gather(hidden, batch["word_index"])
+
+    def ner(self, words, deterministic: bool):
+        if isinstance(self.scheme, SpanScheme):
+            return self.ner_spans(words, deterministic, self.dropout_rate)
+        return self.ner_dense(words)
+
+    def entity_features(self, words, table, labels=None):
+        """Features [B, N, F] of a table's entities from word features [B, L, D].
+
+        ``labels``: BIO tags [B, L] whose embedding joins each word's features (joint BIO), or
+        for the span scheme any non-None value to add the entity type embedding (joint span).
+        """
+        if isinstance(self.scheme, BioScheme):
+            if labels is not None:
+                embedded = self.label_embedding(labels).astype(words.dtype)
+                words = jnp.concatenate([words, embedded], axis=-1)
+            return gather(words, self.scheme.anchor_of(table["start"], table["end"]))
+        parts = [gather(words, table["start"]), gather(words, table["end"] - 1)]
+        if labels is not None:
+            parts.append(self.label_embedding(table["type"]).astype(words.dtype))
+        return jnp.concatenate(parts, axis=-1)
+
+    def __call__(
+        self,
+        batch,
+        deterministic: bool = True,
+        label_source: str = "predicted",
+        tables: tuple[str, ...] = ("gold",),
+    ):
         if label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source {label_source!r} not in {LABEL_SOURCES}")
-        ids, mask = batch["input_ids"], batch["input_mask"]
-        hidden = self.encoder(ids, mask, deterministic=deterministic)
-        hidden = self.dropout(hidden, deterministic=deterministic)
+        words = self.words(self.encoder, batch, deterministic)
         out = {}
         if self.method != "re":
-            out["ner_logits"] = self.ner_dense(hidden)
+            out["ner_logits"] = self.ner(words, deterministic)
+        if self.method == "ner":
+            return out
+        gold = gold_table(batch)
+        if self.method == "re":
+            out["predicted"] = {**gold, "score": gold["mask"].astype(jnp.float32)}
+        elif {"predicted", "incremental"} & set(tables):
+            logits = jax.lax.stop_gradient(out["ner_logits"])
+            out["predicted"] = self.scheme.decode(logits, batch["word_mask"], self.max_entities)
+        labels, scorer = None, self.pairs if self.method != "pipeline" else self.re_pairs
         if self.method == "joint":
-            if label_source == "gold":
-                labels = batch["ner_labels"]
-            else:
+            labels = batch.get("ner_labels") if label_source == "gold" else None
+            if isinstance(self.scheme, SpanScheme):
+                labels = True
+            elif labels is None:
                 labels = jnp.argmax(jax.lax.stop_gradient(out["ner_logits"]), axis=-1)
-            embedded = self.label_embedding(labels).astype(hidden.dtype)
-            features = jnp.concatenate([hidden, embedded], axis=-1)
-            out["re_logits"] = self.pairs(features, deterministic, self.dropout_rate)
-        elif self.method == "re":
-            out["re_logits"] = self.pairs(hidden, deterministic, self.dropout_rate)
-        elif self.method == "pipeline":
-            re_hidden = self.re_encoder(ids, mask, deterministic=deterministic)
-            re_hidden = self.dropout(re_hidden, deterministic=deterministic)
-            out["re_logits"] = self.re_pairs(re_hidden, deterministic, self.dropout_rate)
+        if self.method == "pipeline":
+            words = self.words(self.re_encoder, batch, deterministic)
+        for name in tables:
+            if name == "gold":
+                table = gold
+            elif name == "predicted":
+                table = out["predicted"]
+            else:
+                table = incremental_table(gold, out["predicted"])
+            features = self.entity_features(words, table, labels)
+            out[f"table_{name}"] = table
+            out[f"re_logits_{name}"] = scorer(features, deterministic, self.dropout_rate)
         return out
 
     def encoder_prefixes(self) -> tuple[tuple[str, ...], ...]:

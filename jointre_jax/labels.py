@@ -1,0 +1,340 @@
+"""The entity label schemes: one owner for tag ids, spans from tags, anchors and decoding.
+
+Everything here counts in **words**: a word is one pre-tokenized word of the encoder's tokenizer
+(its ``word_ids``), so an entity never begins or ends inside a word. An entity is a half-open word
+span ``[start, end)`` with a 0-based entity type id ``label``.
+
+Two schemes implement one small interface (:class:`EntityScheme`) that the encoder (which gold
+entities an example keeps), the batcher (the NER targets), the model (the NER head's width), the
+loss and the decoder all call:
+
+* :class:`BioScheme` (``ner_decoder="bio"``, the paper's): one BIO tag per word. Tag ids: 0 =
+  "O", ``1 + 2k`` = "B-<type k>", ``2 + 2k`` = "I-<type k>". Spans are read from tags as seqeval
+  does (``I-x`` continues an entity only right after ``B-x`` or ``I-x``). Nested and overlapping
+  entities cannot be held; ``overlap_policy`` picks the subset kept. An entity's relations are
+  read at its anchor word (its first or last word).
+* :class:`SpanScheme` (``ner_decoder="span"``): every word span of at most ``max_width`` words
+  gets one of ``types + 1`` classes (0 = no entity), as in NER as dependency parsing (Yu et al.
+  2020). Decoding keeps the highest-scoring spans whose boundaries do not cross; nesting is
+  allowed. Two entities on one word span cannot both be held (one class per span).
+
+Decoding inside jit returns an **entity table** of static size N (``max_entities``): int32 [B, N]
+``start``, ``end``, ``type`` (1 + type id, 0 for an empty slot), bool ``mask``, float32 ``score``,
+sorted by (start, end); and int32 [B] ``overflow``, the decoded entities that did not fit.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DECODERS = ("bio", "span")
+OVERLAP_POLICIES = ("most_relations", "longest", "shortest")
+ANCHORS = ("first", "last")
+
+
+# ----------------------------------------------------------------------- shared helpers
+def select_non_overlapping(spans, weights, policy: str) -> list[int]:
+    """Indices of a non-overlapping subset of half-open ``spans`` [(start, end)].
+
+    "most_relations": maximum total ``weights`` (weighted interval scheduling; ties go to the
+    earlier-ending, then earlier-listed spans); "longest"/"shortest": greedy by length.
+    Returns the chosen indices in ascending order.
+    """
+    if policy not in OVERLAP_POLICIES:
+        raise ValueError(f"overlap_policy {policy!r} not in {OVERLAP_POLICIES}")
+    order = sorted(range(len(spans)), key=lambda i: (spans[i][1], spans[i][0], i))
+    if policy != "most_relations":
+        sign = -1 if policy == "longest" else 1
+        greedy = sorted(
+            range(len(spans)), key=lambda i: (sign * (spans[i][1] - spans[i][0]), spans[i][0], i)
+        )
+        chosen: list[int] = []
+        for i in greedy:
+            a, b = spans[i]
+            if all(b <= spans[j][0] or spans[j][1] <= a for j in chosen):
+                chosen.append(i)
+        return sorted(chosen)
+    ends = [spans[i][1] for i in order]
+    best = [0.0] * (len(order) + 1)  # best[k]: best weight using the first k spans by end
+    take = [False] * (len(order) + 1)
+    for k, i in enumerate(order, start=1):
+        previous = bisect.bisect_right(ends, spans[i][0], 0, k - 1)
+        with_it = best[previous] + weights[i]
+        take[k] = with_it > best[k - 1]
+        best[k] = with_it if take[k] else best[k - 1]
+    chosen, k = [], len(order)
+    while k > 0:
+        if take[k]:
+            i = order[k - 1]
+            chosen.append(i)
+            k = bisect.bisect_right(ends, spans[i][0], 0, k - 1)
+        else:
+            k -= 1
+    return sorted(chosen)
+
+
+def crossing(start_a, end_a, start_b, end_b):
+    """True where half-open spans a and b overlap without one containing the other."""
+    return ((start_a < start_b) & (start_b < end_a) & (end_a < end_b)) | (
+        (start_b < start_a) & (start_a < end_b) & (end_b < end_a)
+    )
+
+
+def compact_table(keep, start, end, kind, score, max_entities: int) -> dict:
+    """The entity table of the ``keep`` items of [B, M] arrays, sorted by (start, end).
+
+    Returns the table of the module docstring (N = ``max_entities``); ``overflow`` counts the
+    kept items beyond N (the last ones in (start, end) order).
+    """
+    big = jnp.iinfo(jnp.int32).max
+    width = jnp.max(end) + 1
+    key = jnp.where(keep, start * width + end, big)
+    order = jnp.argsort(key, axis=-1, stable=True)
+    if order.shape[-1] < max_entities:  # fewer candidates than slots: pad with empty ones
+        pad = ((0, 0), (0, max_entities - order.shape[-1]))
+        keep, start, end = (jnp.pad(x, pad) for x in (keep, start, end))
+        kind, score = jnp.pad(kind, pad), jnp.pad(score, pad)
+    order = order[:, :max_entities]
+    take = lambda x: jnp.take_along_axis(x, order, axis=1)  # noqa: E731
+    mask = take(keep)
+    return {
+        "start": jnp.where(mask, take(start), 0).astype(jnp.int32),
+        "end": jnp.where(mask, take(end), 0).astype(jnp.int32),
+        "type": jnp.where(mask, take(kind), 0).astype(jnp.int32),
+        "mask": mask,
+        "score": jnp.where(mask, take(score), 0.0).astype(jnp.float32),
+        "overflow": jnp.maximum(jnp.sum(keep, axis=1) - max_entities, 0).astype(jnp.int32),
+    }
+
+
+def gold_table(batch) -> dict:
+    """The gold entity table of a batch of ``data.batching`` (no ``score``/``overflow``)."""
+    return {
+        "start": batch["entity_start"],
+        "end": batch["entity_end"],
+        "type": batch["entity_type"],
+        "mask": batch["entity_type"] > 0,
+    }
+
+
+# -------------------------------------------------------------------------------- schemes
+@dataclasses.dataclass(frozen=True)
+class EntityScheme:
+    """What every label scheme provides; see :class:`BioScheme` and :class:`SpanScheme`."""
+
+    num_types: int
+
+    name = ""
+    nested = False
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the NER head at each position (BIO tags, or entity types + 1)."""
+        raise NotImplementedError
+
+    def select(self, spans, weights) -> dict[int, str]:
+        """Which gold entities an example can hold: {index of a span left out: reason}.
+
+        ``spans``: [(start word, end word)]; ``weights``: 1 + relations of each entity.
+        """
+        raise NotImplementedError
+
+    def decode(self, ner_logits, word_mask, max_entities: int) -> dict:
+        """The entity table (module docstring) of the NER logits, inside jit."""
+        raise NotImplementedError
+
+    def targets(self, entities, num_words: int, length: int) -> dict[str, np.ndarray]:
+        """Host-side NER target arrays of one example for its batch row (may be empty)."""
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class BioScheme(EntityScheme):
+    """One BIO tag per word; see the module docstring."""
+
+    overlap_policy: str = "most_relations"
+    anchor: str = "first"
+
+    name = "bio"
+    nested = False
+
+    def __post_init__(self):
+        if self.overlap_policy not in OVERLAP_POLICIES:
+            raise ValueError(f"overlap_policy {self.overlap_policy!r} not in {OVERLAP_POLICIES}")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor {self.anchor!r} not in {ANCHORS}")
+
+    @property
+    def num_classes(self) -> int:
+        return 1 + 2 * self.num_types
+
+    def tag_names(self, types) -> tuple[str, ...]:
+        """["O", "B-T0", "I-T0", "B-T1", ...] for type names ``types``."""
+        return ("O",) + tuple(f"{p}-{t}" for t in types for p in ("B", "I"))
+
+    def anchor_of(self, start, end):
+        """Word where the relations of entity [start, end) live (numpy or jnp)."""
+        return start if self.anchor == "first" else end - 1
+
+    def select(self, spans, weights) -> dict[int, str]:
+        keep = set(select_non_overlapping(spans, weights, self.overlap_policy))
+        return {i: "overlap" for i in range(len(spans)) if i not in keep}
+
+    def tags(self, entities, length: int) -> np.ndarray:
+        """int32 [length] BIO tag ids of non-overlapping (start, end, label) word spans."""
+        tags = np.zeros(length, np.int32)
+        for start, end, label in entities:
+            tags[start] = 1 + 2 * label
+            tags[start + 1 : end] = 2 + 2 * label
+        return tags
+
+    def targets(self, entities, num_words: int, length: int) -> dict[str, np.ndarray]:
+        return {"ner_labels": self.tags([(e.start, e.end, e.label) for e in entities], length)}
+
+    @staticmethod
+    def spans(tags, num_words: int) -> list[tuple[int, int, int]]:
+        """(start, end, type id) word spans of BIO tag ids over words 0..num_words-1."""
+        spans, current = [], None
+        for i in range(num_words):
+            tag = int(tags[i])
+            kind = (tag - 1) // 2 if tag else -1
+            inside = tag > 0 and (tag - 1) % 2 == 1
+            if current and inside and kind == current[2]:
+                current[1] = i + 1
+                continue
+            if current:
+                spans.append(tuple(current))
+            current = [i, i + 1, kind] if tag else None
+        if current:
+            spans.append(tuple(current))
+        return spans
+
+    @staticmethod
+    def decode_tags(tags, word_mask):
+        """Entities of BIO tags at their first word, vectorised (jnp).
+
+        Args:
+          tags: int [B, L] tag ids; word_mask: bool [B, L] (False positions count as O).
+        Returns:
+          dict of [B, L]: ``first`` bool (an entity starts here), ``end`` int32 (its end, -1
+          elsewhere), ``type`` int32 (1 + type id, 0 elsewhere).
+        """
+        tags = jnp.where(word_mask, tags, 0)
+        length = tags.shape[-1]
+        kind = jnp.where(tags > 0, (tags - 1) // 2 + 1, 0)
+        is_inside = (tags > 0) & ((tags - 1) % 2 == 1)
+        previous = jnp.pad(kind, ((0, 0), (1, 0)))[:, :-1]
+        continues = is_inside & (previous == kind)
+        starts = (tags > 0) & ~continues
+        positions = jnp.arange(length)
+        breaks = jnp.where(continues, length, positions)
+        next_break = jax.lax.cummin(
+            jnp.pad(breaks, ((0, 0), (0, 1)), constant_values=length), axis=1, reverse=True
+        )
+        ends = next_break[:, 1:]  # for a start at i: first k > i that does not continue it
+        return {
+            "first": starts,
+            "end": jnp.where(starts, ends, -1).astype(jnp.int32),
+            "type": jnp.where(starts, kind, 0).astype(jnp.int32),
+        }
+
+    def decode(self, ner_logits, word_mask, max_entities: int) -> dict:
+        probs = jax.nn.softmax(ner_logits.astype(jnp.float32), -1)
+        tags = jnp.argmax(probs, -1)
+        found = self.decode_tags(tags, word_mask)
+        positions = jnp.broadcast_to(jnp.arange(tags.shape[-1]), tags.shape)
+        score = jnp.max(probs, -1)
+        return compact_table(
+            found["first"], positions, found["end"], found["type"], score, max_entities
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanScheme(EntityScheme):
+    """One class per word span of at most ``max_width`` words; see the module docstring."""
+
+    max_width: int = 16
+
+    name = "span"
+    nested = True
+
+    def __post_init__(self):
+        if self.max_width < 1:
+            raise ValueError(f"max_span_width must be >= 1, not {self.max_width}")
+
+    @property
+    def num_classes(self) -> int:
+        return 1 + self.num_types
+
+    def select(self, spans, weights) -> dict[int, str]:
+        left_out = {}
+        owner: dict[tuple[int, int], int] = {}
+        for i in sorted(range(len(spans)), key=lambda i: (-weights[i], i)):
+            start, end = spans[i]
+            if end - start > self.max_width:
+                left_out[i] = "too_wide"
+            elif (start, end) in owner:
+                left_out[i] = "same_span"
+            else:
+                owner[(start, end)] = i
+        return left_out
+
+    def span_mask(self, word_mask):
+        """bool [B, L, L]: [b, i, j] is a candidate span from word i to word j (inclusive)."""
+        length = word_mask.shape[-1]
+        i = jnp.arange(length)[:, None]
+        j = jnp.arange(length)[None, :]
+        width_ok = (j >= i) & (j - i < self.max_width)
+        return width_ok[None] & word_mask[:, :, None] & word_mask[:, None, :]
+
+    @staticmethod
+    def span_targets(table, length: int):
+        """int32 [B, L, L]: 1 + type of the gold entity on span (i, j inclusive), else 0."""
+        batch = table["start"].shape[0]
+        rows = jnp.broadcast_to(jnp.arange(batch)[:, None], table["start"].shape)
+        starts = jnp.where(table["mask"], table["start"], length)  # out of range: dropped
+        return (
+            jnp.zeros((batch, length, length), jnp.int32)
+            .at[rows, starts, table["end"] - 1]
+            .set(table["type"], mode="drop")
+        )
+
+    def decode(self, ner_logits, word_mask, max_entities: int) -> dict:
+        batch, length = word_mask.shape
+        probs = jax.nn.softmax(ner_logits.astype(jnp.float32), -1)
+        label = jnp.argmax(probs, -1)
+        valid = self.span_mask(word_mask) & (label > 0)
+        score = jnp.where(valid, jnp.max(probs, -1), -1.0).reshape(batch, -1)
+        count = min(max_entities, length * length)
+        top, index = jax.lax.top_k(score, count)  # highest first
+        start, end = index // length, index % length + 1
+        kind = jnp.take_along_axis(label.reshape(batch, -1), index, axis=1)
+        candidate = top >= 0
+        cross = crossing(start[:, :, None], end[:, :, None], start[:, None, :], end[:, None, :])
+
+        def accept(n, accepted):  # candidate n unless it crosses a better one already accepted
+            ok = candidate[:, n] & ~jnp.any(accepted & cross[:, n, :], axis=1)
+            return accepted.at[:, n].set(ok)
+
+        accepted = jax.lax.fori_loop(0, count, accept, jnp.zeros_like(candidate))
+        table = compact_table(accepted, start, end, kind, top, max_entities)
+        # Decoded entities beyond the candidates that fit count as overflow too.
+        beyond = jnp.maximum(jnp.sum(valid.reshape(batch, -1), axis=1) - count, 0)
+        table["overflow"] = table["overflow"] + beyond.astype(jnp.int32)
+        return table
+
+
+def make_scheme(config) -> EntityScheme:
+    """The scheme of ``config.model.ner_decoder`` with its options from ``config``."""
+    name = str(config.model.get("ner_decoder", "bio"))
+    num_types = len(config.data.entity_types)
+    if name == "bio":
+        return BioScheme(num_types, str(config.data.overlap_policy), str(config.data.anchor))
+    if name == "span":
+        return SpanScheme(num_types, int(config.model.max_span_width))
+    raise ValueError(f"model.ner_decoder {name!r} not in {DECODERS}")

@@ -1,0 +1,124 @@
+"""One predict-and-decode path: examples in, entities and relations of each example out.
+
+Training's evaluation, the ``evaluate`` CLI, extraction and the demo all call
+:meth:`Predictor.predict`. The device decodes entities and scores their relations
+(:func:`jointre_jax.runtime.predict_step`); here the entity tables become whole-word entities
+with character offsets into the example's text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jointre_jax import parallel, runtime
+from jointre_jax.data.batching import Batcher
+from jointre_jax.data.encode import Example
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictedEntity:
+    """A predicted entity: word span [start, end) of its example, type id, characters
+    ``text[char_start:char_end]`` of the example (whole words), the decoder's probability."""
+
+    start: int
+    end: int
+    label: int
+    char_start: int
+    char_end: int
+    score: float = 1.0
+
+
+@dataclasses.dataclass
+class Prediction:
+    """What the model predicts for one example.
+
+    ``relations``: (head entity index, tail entity index, label id >= 1, probability) into
+    ``entities``; ``gold_relations``: (head, tail, label) between the example's gold entities
+    (None for a model without RE); ``overflow``: decoded entities that did not fit the table.
+    """
+
+    entities: list[PredictedEntity]
+    relations: list[tuple[int, int, int, float]]
+    gold_relations: list[tuple[int, int, int]] | None
+    overflow: int = 0
+
+
+def decode_row(example: Example, out: dict, row: int) -> Prediction:
+    """The :class:`Prediction` of ``example`` from row ``row`` of ``predict_step``'s arrays."""
+    table = {k: v[row] for k, v in out["entities"].items()}
+    slots = np.flatnonzero(table["mask"] & (table["end"] <= example.num_words))
+    entities = []
+    for slot in slots:
+        start, end = int(table["start"][slot]), int(table["end"][slot])
+        entities.append(
+            PredictedEntity(
+                start,
+                end,
+                int(table["type"][slot]) - 1,
+                int(example.words[start, 0]),
+                int(example.words[end - 1, 1]),
+                float(table["score"][slot]),
+            )
+        )
+    relations, gold_relations = [], None
+    if "re_labels" in out:
+        labels, probs = out["re_labels"][row], out["re_probs"][row]
+        for h, a in enumerate(slots):
+            for t, b in enumerate(slots):
+                if h != t and labels[a, b]:
+                    relations.append((h, t, int(labels[a, b]), float(probs[a, b])))
+        gold = out["gold_re_labels"][row]
+        count = min(len(example.entities), gold.shape[0])
+        gold_relations = [
+            (h, t, int(gold[h, t]))
+            for h in range(count)
+            for t in range(count)
+            if h != t and gold[h, t]
+        ]
+    return Prediction(entities, relations, gold_relations, int(table["overflow"]))
+
+
+class Predictor:
+    """A model and its parameters, ready to predict examples.
+
+    Args:
+      config: the run's config (eval batch size, buckets).
+      model: the JointModel (its ``max_entities`` is the table size).
+      params: its parameters, on their shardings.
+    """
+
+    def __init__(self, config, model, params):
+        self.config = config
+        self.model = model
+        self.params = params
+        self.predict_fn = runtime.jit_predict_step(runtime.params_mesh(params), params, model)
+
+    def batcher(self, examples: Sequence[Example]) -> Batcher:
+        """Batcher of ``examples`` for prediction (``data.eval_batch_size``)."""
+        data = self.config.data
+        return Batcher(
+            examples,
+            data.bucket_boundaries,
+            data.eval_batch_size,
+            scheme=self.model.scheme,
+            max_entities=self.model.max_entities,
+        )
+
+    def predict(
+        self, examples: Sequence[Example], desc: str | None = None
+    ) -> Iterator[tuple[int, Prediction]]:
+        """(example index, Prediction) for every example, in the evaluation plan's order
+        (longest first). ``desc`` names a progress bar (None: no bar)."""
+        batcher = self.batcher(examples)
+        sharding = parallel.batch_sharding(runtime.params_mesh(self.params))
+        for planned in tqdm(batcher.eval_plan(), desc=desc, leave=False, disable=desc is None):
+            batch = parallel.global_batch(runtime.host_rows(batcher, planned), sharding)
+            out = jax.device_get(self.predict_fn(self.params, batch))
+            for row, index in enumerate(planned.indices):
+                if index >= 0:
+                    yield int(index), decode_row(examples[index], out, row)

@@ -1,0 +1,278 @@
+"""What a run is built from: model, optimiser, TrainState, and the jitted steps.
+
+* ``train_step(state, batch, rng, *, options)`` is pure and module-level; the loss options
+  (:class:`~jointre_jax.model.losses.LossOptions`) are bound with ``functools.partial``. It is
+  jitted once per batch shape with explicit shardings (batch split over every device; state
+  replicated, or FSDP-sharded with ``config.sharding.fsdp`` > 1, see
+  :mod:`jointre_jax.parallel`) and ``donate_argnums=0``; dropout keys are
+  ``fold_in(rng, state.step)``.
+* ``predict_step(state, batch)`` decodes entities and scores their relations on the device
+  (:mod:`jointre_jax.predictor` turns its arrays into entities and relations of examples).
+* AdamW with linear warmup and linear decay, global-norm gradient clipping; the new heads may
+  take their own peak learning rate (``optim.head_learning_rate``).
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh
+
+from jointre_jax import parallel
+from jointre_jax.data.batching import Batcher
+from jointre_jax.labels import EntityScheme
+from jointre_jax.model.bert import BertConfig
+from jointre_jax.model.joint import JointModel
+from jointre_jax.model.losses import LossOptions, loss_terms, total_loss
+from jointre_jax.model.pretrained import load_weights, merge_pretrained, resolve_encoder
+
+TrainState = train_state.TrainState
+ENCODERS = ("encoder", "re_encoder")  # top-level parameter groups holding pre-trained BERTs
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, options: LossOptions):
+    """One optimiser step.
+
+    Args:
+      state: the TrainState (donated).
+      batch: arrays of ``data.batching`` for the global batch [B, L] (rows split over every device).
+      rng: the run's base key; the step's dropout key is ``fold_in(rng, state.step)``.
+      options: the loss's static options (bound with ``functools.partial``).
+    Returns:
+      (new state, metrics: dict of scalar sums ``ner_loss_sum``, ``ner_count``,
+      ``re_loss_sum``, ``re_pairs`` and the scalar ``loss``).
+    """
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+        outputs = state.apply_fn(
+            {"params": params},
+            batch,
+            deterministic=False,
+            label_source=options.label_source,
+            tables=(options.re_table,),
+            rngs={"dropout": dropout_rng},
+        )
+        terms = loss_terms(outputs, batch, options)
+        return total_loss(terms, options.ner_weight, options.re_weight), terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads), {**terms, "loss": loss}
+
+
+def predict_step(params, batch: dict, *, model: JointModel) -> dict:
+    """Predictions of a batch (N = entity slots):
+
+    * ``entities``: the decoded entity table (``start``, ``end``, ``type``, ``mask``,
+      ``score`` [B, N], ``overflow`` [B]); the gold table for a model without NER;
+    * with RE: ``re_labels`` int32 [B, N, N] (best relation label between decoded entities),
+      ``re_probs`` float32 [B, N, N] (its probability), ``gold_re_labels`` int32 [B, N, N]
+      (best label between the gold entities of the batch: RE among gold entities).
+    """
+    has_re = model.method != "ner"
+    tables = ("predicted", "gold") if has_re else ()
+    outputs = model.apply({"params": params}, batch, label_source="predicted", tables=tables)
+    if has_re:
+        entities = outputs["predicted"]
+    else:
+        entities = model.scheme.decode(
+            outputs["ner_logits"], batch["word_mask"], model.max_entities
+        )
+    out = {"entities": entities}
+    if has_re:
+        probs = jax.nn.softmax(outputs["re_logits_predicted"].astype(jnp.float32), -1)
+        out["re_labels"] = jnp.argmax(probs, -1).astype(jnp.int32)
+        out["re_probs"] = jnp.max(probs, -1)
+        out["gold_re_labels"] = jnp.argmax(outputs["re_logits_gold"], -1).astype(jnp.int32)
+    return out
+
+
+# ------------------------------------------------------------------------- construction
+def make_mesh(config) -> Mesh:
+    """The ``(data, fsdp)`` device mesh of ``config`` (see :mod:`jointre_jax.parallel`)."""
+    return parallel.make_mesh(
+        config.num_devices,
+        config.sharding.fsdp,
+        (config.data.batch_size, config.data.eval_batch_size),
+    )
+
+
+def encoder_config(config) -> tuple[BertConfig, pathlib.Path | None]:
+    """(BertConfig, weights directory or None) of ``config.model``.
+
+    ``config.model.pretrained=False`` builds a randomly initialised encoder from the encoder
+    directory's config.json (e.g. the shipped demo encoder).
+    """
+    directory = resolve_encoder(str(config.model.encoder))
+    bert = BertConfig.from_json(directory / "config.json")
+    return bert, (directory if config.model.pretrained else None)
+
+
+def create_model(config, scheme: EntityScheme, num_relations: int, bert: BertConfig):
+    """The JointModel that ``config.model`` describes (``config.model.max_entities`` must be
+    resolved: see :func:`entity_slots_of`)."""
+    if config.model.negative_sampling == "incremental" and config.model.method != "joint":
+        raise ValueError("negative_sampling='incremental' needs method='joint'")
+    return JointModel(
+        encoder_config=bert,
+        scheme=scheme,
+        num_relations=num_relations,
+        method=config.model.method,
+        re_option=config.model.re_option,
+        label_embedding_dim=config.model.ner_label_embedding_dim,
+        pair_hidden_dim=config.model.pair_hidden_dim,
+        span_hidden_dim=config.model.span_hidden_dim,
+        max_entities=int(config.model.max_entities),
+        dropout_rate=config.model.dropout_rate,
+        dtype=jnp.dtype(config.model.compute_dtype),
+    )
+
+
+def loss_options(config, scheme: EntityScheme) -> LossOptions:
+    """The static loss options of ``config``."""
+    return LossOptions(
+        scheme=scheme,
+        negative_sampling=str(config.model.negative_sampling),
+        label_source=str(config.model.train_label_source),
+        ner_weight=float(config.model.ner_loss_weight),
+        re_weight=float(config.model.re_loss_weight),
+    )
+
+
+def create_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+    """AdamW, linear warmup over ``warmup_fraction`` of the steps, then linear decay to 0.
+
+    The encoders take ``optim.learning_rate``; the new heads ``optim.head_learning_rate``
+    (0: the same).
+    """
+    warmup = max(int(config.optim.warmup_fraction * total_steps), 1)
+
+    def adamw(peak):
+        schedule = optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, peak, warmup),
+                optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1)),
+            ],
+            [warmup],
+        )
+        return optax.adamw(schedule, weight_decay=config.optim.weight_decay)
+
+    peak = float(config.optim.learning_rate)
+    head_peak = float(config.optim.get("head_learning_rate", 0.0) or peak)
+    if head_peak == peak:
+        update = adamw(peak)
+    else:
+        groups = lambda params: {  # noqa: E731
+            k: jax.tree.map(lambda _, k=k: "encoder" if k in ENCODERS else "head", v)
+            for k, v in params.items()
+        }
+        update = optax.multi_transform({"encoder": adamw(peak), "head": adamw(head_peak)}, groups)
+    return optax.chain(optax.clip_by_global_norm(config.optim.grad_clip_norm), update)
+
+
+def dummy_batch(length: int = 8, rows: int = 1, entities: int = 2) -> dict:
+    """A batch of zeros of the given shape, for initialisation."""
+    return {
+        "input_ids": jnp.zeros((rows, length), jnp.int32),
+        "input_mask": jnp.ones((rows, length), bool),
+        "word_index": jnp.zeros((rows, length), jnp.int32),
+        "word_mask": jnp.ones((rows, length), bool),
+        "ner_labels": jnp.zeros((rows, length), jnp.int32),
+        "entity_start": jnp.zeros((rows, entities), jnp.int32),
+        "entity_end": jnp.ones((rows, entities), jnp.int32),
+        "entity_type": jnp.ones((rows, entities), jnp.int32),
+        "relations": jnp.zeros((rows, entities, entities), jnp.int32),
+    }
+
+
+def init_params(model: JointModel, rng):
+    """Fresh parameters of every part of ``model``."""
+    return model.init(rng, dummy_batch(), label_source="gold", tables=("gold",))["params"]
+
+
+def create_params(config, model: JointModel, weights_dir, mesh: Mesh):
+    """Parameters with pre-trained encoder weights merged, created directly on their shardings
+    (a jitted init whose outputs carry the shardings of :func:`parallel.state_shardings`;
+    pre-trained weights are placed shard by shard)."""
+    key = jax.random.key(config.seed)
+    abstract = jax.eval_shape(functools.partial(init_params, model), key)
+    shardings = parallel.state_shardings(abstract, mesh, config.sharding.fsdp_min_size)
+    params = jax.jit(functools.partial(init_params, model), out_shardings=shardings)(key)
+    if weights_dir is None:
+        return params
+    weights = load_weights(weights_dir)
+    merged = abstract
+    for prefix in model.encoder_prefixes():
+        merged = merge_pretrained(merged, weights, prefix)
+    return jax.tree.map(
+        lambda new, fresh, sharding: (
+            parallel.put_global(new, sharding) if isinstance(new, np.ndarray) else fresh
+        ),
+        merged,
+        params,
+        shardings,
+    )
+
+
+def create_state(config, model: JointModel, weights_dir, total_steps: int, mesh: Mesh):
+    """TrainState (parameters of :func:`create_params`, AdamW moments) on its shardings."""
+    params = create_params(config, model, weights_dir, mesh)
+    tx = create_optimizer(config, total_steps)
+
+    def new_state(params):
+        state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+        # A strict (not weak-typed) int32 step: restored checkpoints have one, and a weak-typed
+        # step would make jit compile every shape again after a restore.
+        return state.replace(step=jnp.zeros((), jnp.int32))
+
+    abstract_state = jax.eval_shape(new_state, params)
+    shardings = parallel.state_shardings(abstract_state, mesh, config.sharding.fsdp_min_size)
+    return jax.jit(new_state, out_shardings=shardings)(params)
+
+
+def jit_train_step(mesh: Mesh, state, options: LossOptions):
+    """``train_step`` with ``options`` bound, jitted with explicit shardings on ``mesh`` (the
+    state keeps its shardings and is donated; batches are split over every device; metrics
+    come back replicated)."""
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    return jax.jit(
+        functools.partial(train_step, options=options),
+        in_shardings=(state_sharding, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def jit_predict_step(mesh: Mesh, params, model: JointModel):
+    """``predict_step(params, batch)`` of ``model`` jitted on ``mesh``; predictions come back
+    replicated, so every process can read them."""
+    param_sharding = jax.tree.map(lambda x: x.sharding, params)
+    return jax.jit(
+        functools.partial(predict_step, model=model),
+        in_shardings=(param_sharding, parallel.batch_sharding(mesh)),
+        out_shardings=parallel.replicated(mesh),
+    )
+
+
+def params_mesh(params) -> Mesh:
+    """The mesh that ``params``' arrays live on."""
+    return jax.tree.leaves(params)[0].sharding.mesh
+
+
+def host_rows(batcher: Batcher, planned) -> dict:
+    """This process's rows of a planned batch (numpy)."""
+    rows = batcher.local_rows(jax.process_index(), jax.process_count())
+    return batcher.build(planned, rows)
+
+
+def entity_slots_of(config, examples) -> int:
+    """``config.model.max_entities``, or when 0 the slots the ``examples`` need."""
+    from jointre_jax.data.batching import entity_slots
+
+    return int(config.model.max_entities) or entity_slots(examples)
