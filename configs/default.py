@@ -132,6 +132,10 @@ def get_config() -> ml_collections.ConfigDict:
     # span: the widest entity in words (16 holds 99.96% of Chia's training entities; wider
     # ones are counted "too_wide").
     config.model.max_span_width = 16
+    # Decision rule of span classes (span decoder) and relation classes (both decoders): 0 =
+    # the most probable class, "none" included (the paper's argmax); t > 0 = the most probable
+    # entity or relation type wherever 1 - P(none) >= t (a recall knob, chosen on dev).
+    config.model.decision_threshold = 0.0
     # span: size of the start and end vectors of the biaffine span scorer.
     config.model.span_hidden_dim = 256
     # Slots of the entity tables (gold and decoded entities per example, static shapes);

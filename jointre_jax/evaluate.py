@@ -29,13 +29,21 @@ def _define_flags() -> None:
     flags.DEFINE_string("brat_dir", None, "Folder of NAME.txt + NAME.ann files.")
     flags.DEFINE_string("split_file", None, "Optional list of document ids.")
     flags.DEFINE_string("out", None, "Where to write the scores (JSON).")
+    flags.DEFINE_float(
+        "decision_threshold", None,
+        "Override the run's model.decision_threshold (0: argmax; t: an entity or relation "
+        "wherever 1 - P(none) >= t). Choose it on dev, never on test.",
+    )  # fmt: skip
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)
-    results = evaluate_folder(FLAGS.workdir, FLAGS.brat_dir, FLAGS.split_file)
+    overrides = {}
+    if FLAGS.decision_threshold is not None:
+        overrides["model.decision_threshold"] = FLAGS.decision_threshold
+    results = evaluate_folder(FLAGS.workdir, FLAGS.brat_dir, FLAGS.split_file, None, overrides)
     pathlib.Path(FLAGS.out).write_text(json.dumps(results, indent=1))
     encoded = {k: round(results[k]["f1"], 4) for k in ("ner", "re_gs", "re_e2e")}
     corpus = {k: round(results["corpus"][k]["f1"], 4) for k in ("ner", "re_e2e")}

@@ -35,18 +35,24 @@ def _overlay(config: ml_collections.ConfigDict, saved: dict) -> None:
                 config[key] = value
 
 
-def load_run(workdir: str | pathlib.Path, num_devices: int | None = None):
+def load_run(
+    workdir: str | pathlib.Path, num_devices: int | None = None, overrides: dict | None = None
+):
     """(config, predictor, encoder) of a trained run, its best parameters restored.
 
     Only the parameters are restored (no optimiser state), onto a mesh of ``num_devices``
     devices (None: as the run's config says; 0: all), whatever mesh the run was trained on.
-    FSDP is turned off here: inference keeps the parameters replicated.
+    FSDP is turned off here: inference keeps the parameters replicated. ``overrides``
+    ({"model.decision_threshold": 0.4}) change decoding options of the saved config.
     """
     workdir = pathlib.Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
     config = saved_config(config_path)
+    for key, value in (overrides or {}).items():
+        section, field = key.split(".")
+        config[section][field] = value
     if num_devices is not None:
         config.num_devices = num_devices
     config.sharding.fsdp = 1
@@ -65,11 +71,13 @@ def load_run(workdir: str | pathlib.Path, num_devices: int | None = None):
     return config, Predictor(config, model, params), encoder
 
 
-def evaluate_folder(workdir, brat_dir, split_file=None, num_devices: int | None = None) -> dict:
+def evaluate_folder(
+    workdir, brat_dir, split_file=None, num_devices: int | None = None, overrides=None
+) -> dict:
     """Scores of the run in ``workdir`` on ``brat_dir``: NER, RE among gold entities and RE
     end-to-end against the encoded gold, and NER and RE end-to-end against the corpus gold
-    (``corpus``)."""
-    config, predictor, encoder = load_run(workdir, num_devices)
+    (``corpus``). ``overrides``: see :func:`load_run`."""
+    config, predictor, encoder = load_run(workdir, num_devices, overrides)
     ids = read_split_ids(split_file) if split_file else None
     paths = find_documents(brat_dir, ids, split_file)
     gold = CorpusGold(encoder.schema)

@@ -85,6 +85,21 @@ def crossing(start_a, end_a, start_b, end_b):
     )
 
 
+def decide(probs, threshold: float = 0.0):
+    """(label, score) from class probabilities [..., C] whose class 0 is "none".
+
+    ``threshold`` 0: the most probable class (argmax). Otherwise: the most probable non-none
+    class wherever the probability of not being "none" (1 - P(none)) reaches ``threshold``,
+    else 0. ``score`` is the probability of the chosen class.
+    """
+    if not threshold:
+        label = jnp.argmax(probs, -1)
+    else:
+        best = jnp.argmax(probs[..., 1:], -1) + 1
+        label = jnp.where(1.0 - probs[..., 0] >= threshold, best, 0)
+    return label, jnp.take_along_axis(probs, label[..., None], -1)[..., 0]
+
+
 def compact_table(keep, start, end, kind, score, max_entities: int) -> dict:
     """The entity table of the ``keep`` items of [B, M] arrays, sorted by (start, end).
 
@@ -131,6 +146,8 @@ class EntityScheme:
 
     name = ""
     nested = False
+    # The decision rule of span and relation classes (see :func:`decide`); 0 = argmax.
+    threshold = 0.0
 
     @property
     def num_classes(self) -> int:
@@ -159,6 +176,7 @@ class BioScheme(EntityScheme):
 
     overlap_policy: str = "most_relations"
     anchor: str = "first"
+    threshold: float = 0.0
 
     name = "bio"
     nested = False
@@ -259,6 +277,7 @@ class SpanScheme(EntityScheme):
     """One class per word span of at most ``max_width`` words; see the module docstring."""
 
     max_width: int = 16
+    threshold: float = 0.0
 
     name = "span"
     nested = True
@@ -307,9 +326,9 @@ class SpanScheme(EntityScheme):
     def decode(self, ner_logits, word_mask, max_entities: int) -> dict:
         batch, length = word_mask.shape
         probs = jax.nn.softmax(ner_logits.astype(jnp.float32), -1)
-        label = jnp.argmax(probs, -1)
+        label, best = decide(probs, self.threshold)
         valid = self.span_mask(word_mask) & (label > 0)
-        score = jnp.where(valid, jnp.max(probs, -1), -1.0).reshape(batch, -1)
+        score = jnp.where(valid, best, -1.0).reshape(batch, -1)
         count = min(max_entities, length * length)
         top, index = jax.lax.top_k(score, count)  # highest first
         start, end = index // length, index % length + 1
@@ -333,8 +352,10 @@ def make_scheme(config) -> EntityScheme:
     """The scheme of ``config.model.ner_decoder`` with its options from ``config``."""
     name = str(config.model.get("ner_decoder", "bio"))
     num_types = len(config.data.entity_types)
+    threshold = float(config.model.get("decision_threshold", 0.0))
     if name == "bio":
-        return BioScheme(num_types, str(config.data.overlap_policy), str(config.data.anchor))
+        policy, anchor = str(config.data.overlap_policy), str(config.data.anchor)
+        return BioScheme(num_types, policy, anchor, threshold)
     if name == "span":
-        return SpanScheme(num_types, int(config.model.max_span_width))
+        return SpanScheme(num_types, int(config.model.max_span_width), threshold)
     raise ValueError(f"model.ner_decoder {name!r} not in {DECODERS}")

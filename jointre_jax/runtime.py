@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 
 from jointre_jax import parallel
 from jointre_jax.data.batching import Batcher
-from jointre_jax.labels import EntityScheme
+from jointre_jax.labels import EntityScheme, decide
 from jointre_jax.model.bert import BertConfig
 from jointre_jax.model.joint import JointModel
 from jointre_jax.model.losses import LossOptions, loss_terms, total_loss
@@ -86,10 +86,12 @@ def predict_step(params, batch: dict, *, model: JointModel) -> dict:
         )
     out = {"entities": entities}
     if has_re:
+        threshold = model.scheme.threshold
         probs = jax.nn.softmax(outputs["re_logits_predicted"].astype(jnp.float32), -1)
-        out["re_labels"] = jnp.argmax(probs, -1).astype(jnp.int32)
-        out["re_probs"] = jnp.max(probs, -1)
-        out["gold_re_labels"] = jnp.argmax(outputs["re_logits_gold"], -1).astype(jnp.int32)
+        labels, out["re_probs"] = decide(probs, threshold)
+        out["re_labels"] = labels.astype(jnp.int32)
+        gold_probs = jax.nn.softmax(outputs["re_logits_gold"].astype(jnp.float32), -1)
+        out["gold_re_labels"] = decide(gold_probs, threshold)[0].astype(jnp.int32)
     return out
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jointre_jax.labels import BioScheme, SpanScheme, crossing
+from jointre_jax.labels import BioScheme, SpanScheme, crossing, decide
 from jointre_jax.model.bert import BertConfig
 from jointre_jax.model.joint import JointModel, PairScorer, SpanScorer, incremental_table
 from jointre_jax.model.losses import LossOptions, loss_terms, relation_pairs, total_loss
@@ -105,8 +105,9 @@ def test_span_scheme_selection_and_targets():
 
 def test_span_scorer_matches_explicit_formula():
     words = jax.random.normal(jax.random.key(0), (2, 5, 8))
-    scorer = SpanScorer(num_classes=3, hidden_dim=4)
+    scorer = SpanScorer(num_classes=3, hidden_dim=4, max_width=3)
     params = scorer.init(jax.random.key(1), words)["params"]
+    params["width_bias"] = jax.random.normal(jax.random.key(2), (3, 3))
     scores = np.asarray(scorer.apply({"params": params}, words))
     assert scores.shape == (2, 5, 5, 3)
     x = np.asarray(words)
@@ -116,6 +117,7 @@ def test_span_scorer_matches_explicit_formula():
     expected = np.einsum("d,cde,e->c", s[b, i], params["bilinear"], e[b, j])
     expected += s[b, i] @ params["linear_start"]["kernel"] + params["linear_start"]["bias"]
     expected += e[b, j] @ params["linear_end"]["kernel"]
+    expected += np.asarray(params["width_bias"])[j - i]  # a span of 3 words: width index 2
     np.testing.assert_allclose(scores[b, i, j], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -308,3 +310,11 @@ def test_loss_sums_and_denominators_known_answer():
     assert float(terms["ner_count"]) == 4
     np.testing.assert_allclose(float(terms["ner_loss_sum"]), 4 * np.log(5), rtol=1e-6)
     np.testing.assert_allclose(float(total_loss(terms)), np.log(5), rtol=1e-6)
+
+
+def test_decision_rule_argmax_or_threshold():
+    probs = jnp.array([[0.4, 0.35, 0.25], [0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    label, score = decide(probs, 0.0)  # argmax, "none" included
+    assert label.tolist() == [0, 0, 2] and np.allclose(score, [0.4, 0.7, 0.6])
+    label, score = decide(probs, 0.5)  # an entity when 1 - P(none) >= 0.5
+    assert label.tolist() == [1, 0, 2] and np.allclose(score, [0.35, 0.7, 0.6])

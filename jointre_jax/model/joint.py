@@ -100,12 +100,14 @@ class SpanScorer(nn.Module):
     """Biaffine start-end span scores: words [B, L, D] -> logits [B, L, L, num_classes].
 
     ``[b, i, j, c]`` scores class c (0 = no entity) for the span from word i to word j
-    (inclusive): ``s_i^T U_c e_j + W_c (s_i || e_j) + b_c`` with ``s = relu(dense(h))`` and
-    ``e = relu(dense(h))`` the start and end vectors (Yu et al. 2020).
+    (inclusive): ``s_i^T U_c e_j + W_c (s_i || e_j) + b_c + w_c[j - i]`` with
+    ``s = relu(dense(h))`` and ``e = relu(dense(h))`` the start and end vectors (Yu et al.
+    2020) and ``w`` a learned bias per span width (in words, up to ``max_width``) and class.
     """
 
     num_classes: int
     hidden_dim: int
+    max_width: int = 16
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -123,7 +125,13 @@ class SpanScorer(nn.Module):
         )
         scores = jnp.einsum("bid,cde,bje->bijc", start, bilinear.astype(self.dtype), end)
         scores = scores + dense(self.num_classes, "linear_start")(start)[:, :, None, :]
-        return scores + dense(self.num_classes, "linear_end", bias=False)(end)[:, None, :, :]
+        scores = scores + dense(self.num_classes, "linear_end", bias=False)(end)[:, None, :, :]
+        width_bias = self.param(
+            "width_bias", nn.initializers.zeros, (self.max_width, self.num_classes), jnp.float32
+        )
+        positions = jnp.arange(words.shape[1])
+        width = jnp.clip(positions[None, :] - positions[:, None], 0, self.max_width - 1)
+        return scores + width_bias.astype(scores.dtype)[width][None]
 
 
 def gather(values, index):
@@ -188,7 +196,9 @@ class JointModel(nn.Module):
         classes = self.scheme.num_classes
         if self.method in ("joint", "ner", "pipeline"):
             if isinstance(self.scheme, SpanScheme):
-                self.ner_spans = SpanScorer(classes, self.span_hidden_dim, self.dtype, name="ner")
+                self.ner_spans = SpanScorer(
+                    classes, self.span_hidden_dim, self.scheme.max_width, self.dtype, name="ner"
+                )
             else:
                 self.ner_dense = nn.Dense(classes, dtype=self.dtype, name="ner")
         if self.method == "joint":
