@@ -1,11 +1,11 @@
 """The recipe search: a few training recipes of one decoder on a subset of Chia, scored on dev.
 
-    python -m benchmarks.recipe_search --config=configs/minilm_span.py \
+    python -m benchmarks.recipe_search --config=configs/minilm_span_search.py \
         --workdir=runs/recipe_span --out=benchmarks/recipes/span [--recipes=all|NAME,...] \
         [--config.x=y ...]
 
-Each recipe is a named set of overrides of the base config (learning rates, batch size, warmup,
-loss weights), trained in ``WORKDIR/NAME`` with ``train.train_and_evaluate`` on the budget the
+Each recipe is a named set of overrides of the base config (learning rates, batch size, loss
+weights), trained in ``WORKDIR/NAME`` with ``train.train_and_evaluate`` on the budget the
 flags give (default: the first 2,048 training criteria, 4 epochs, the first 600 dev
 criteria). A finished run (its ``metrics.jsonl`` has every epoch) is skipped and an interrupted
 one resumes, so rerunning the command finishes the search. ``OUT.md`` and ``OUT.json`` rank the
@@ -42,7 +42,6 @@ RECIPES = {
     "batch_16": {"data.batch_size": 16},
     "batch_8": {"data.batch_size": 8},
     "ner_weight_3": {"model.ner_loss_weight": 3.0},
-    "warmup_0.02": {"optim.warmup_fraction": 0.02},
 }
 FLAGS = flags.FLAGS
 

@@ -1,6 +1,7 @@
 """The demo's fallback: the shipped sample corpus and tiny encoder, and one short demo run."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -43,3 +44,19 @@ def test_demo_runs_on_the_shipped_sample_without_shared(tmp_path):
     assert "the project's own annotated sample" in out.stdout
     assert "RE end-to-end" in out.stdout and "extractions on test criteria" in out.stdout
     assert (tmp_path / "demo" / "metrics.json").exists()
+    assert "corpus gold" in out.stdout and "encoded gold" in out.stdout
+    assert_whole_words(out.stdout)
+
+
+def assert_whole_words(printed: str) -> None:
+    """Every ``[Type] mention`` the demo prints is whole words of the criterion above it."""
+    criterion, mentions = None, 0
+    for line in printed.splitlines():
+        if line.startswith("  ") and not line.startswith("    "):
+            criterion = line[2:]
+        elif line.startswith("    [") and criterion is not None:
+            mention = line.split("] ", 1)[1]
+            pattern = r"(?<![A-Za-z0-9])" + re.escape(mention) + r"(?![A-Za-z0-9])"
+            assert re.search(pattern, criterion), (mention, criterion)
+            mentions += 1
+    assert mentions > 0

@@ -1,0 +1,17 @@
+"""The whole-word BIO decoder (the paper's) with the MiniLM on Chia, on the span recipe.
+
+    python -m jointre_jax.main --config=configs/minilm_bio.py --workdir=runs/bio
+
+The training recipe of ``configs/minilm_span.py`` (7 epochs, batch 8, NER loss weight 3,
+encoder 1e-4, heads 5e-4), not searched separately: the comparison of the two decoders
+changes the decoder alone.
+"""
+
+from configs import minilm_span
+
+
+def get_config():
+    """``minilm_span`` with the BIO decoder."""
+    config = minilm_span.get_config()
+    config.model.ner_decoder = "bio"
+    return config
