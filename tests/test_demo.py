@@ -37,7 +37,7 @@ def test_demo_runs_on_the_shipped_sample_without_shared(tmp_path):
     env = {**os.environ, "JOINTRE_DATA_DIR": str(tmp_path / "absent"), "PYTHONPATH": str(REPO)}
     out = subprocess.run(
         [sys.executable, "-m", "jointre_jax.demo", "--config=configs/demo.py",
-         "--config.num_epochs=1", f"--workdir={tmp_path / 'demo'}", "--show=2"],
+         "--config.num_epochs=15", f"--workdir={tmp_path / 'demo'}", "--show=2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
