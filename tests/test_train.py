@@ -139,6 +139,14 @@ def test_evaluate_folder_matches_training_scores(tmp_path):
         assert scores[key]["f1"] == pytest.approx(trained[key]["f1"])
     for key in ("ner", "re_e2e"):  # the same corpus gold, read by evaluate from the folder
         assert scores["corpus"][key] == trained["corpus"][key]
+    strict = inference.evaluate_folder(  # a decision threshold keeps fewer relations
+        tmp_path / "run",
+        corpus / "brat",
+        corpus / "splits" / "train.txt",
+        overrides={"model.decision_threshold": 0.999},
+    )
+    kept = lambda r: r["re_e2e"]["tp"] + r["re_e2e"]["fp"]  # noqa: E731
+    assert kept(strict) < kept(scores)
     assert scores["data"]["documents"] == 3
     everything = inference.evaluate_folder(tmp_path / "run", corpus / "brat")
     assert everything["data"]["documents"] == 4
