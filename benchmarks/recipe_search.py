@@ -30,6 +30,7 @@ from ml_collections import config_flags
 
 from benchmarks.throughput import machine
 from jointre_jax import train
+from jointre_jax.inference import apply_overrides
 
 log = logging.getLogger("jointre_jax.recipe_search")
 
@@ -65,9 +66,7 @@ def recipe_config(base, overrides: dict, train_examples: int, eval_examples: int
         config.num_epochs = epochs
         config.eval_before_training = False
         config.checkpoint_every_steps = 0
-        for key, value in overrides.items():
-            section, field = key.split(".")
-            config[section][field] = value
+    apply_overrides(config, overrides)
     return config
 
 

@@ -35,6 +35,14 @@ def _overlay(config: ml_collections.ConfigDict, saved: dict) -> None:
                 config[key] = value
 
 
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
+    """Sets ``{"section.field": value}`` overrides in ``config`` (in place)."""
+    with config.unlocked():
+        for key, value in overrides.items():
+            section, field = key.split(".")
+            config[section][field] = value
+
+
 def load_run(
     workdir: str | pathlib.Path, num_devices: int | None = None, overrides: dict | None = None
 ):
@@ -50,9 +58,7 @@ def load_run(
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
     config = saved_config(config_path)
-    for key, value in (overrides or {}).items():
-        section, field = key.split(".")
-        config[section][field] = value
+    apply_overrides(config, overrides or {})
     if num_devices is not None:
         config.num_devices = num_devices
     config.sharding.fsdp = 1

@@ -106,15 +106,13 @@ def compact_table(keep, start, end, kind, score, max_entities: int) -> dict:
     Returns the table of the module docstring (N = ``max_entities``); ``overflow`` counts the
     kept items beyond N (the last ones in (start, end) order).
     """
+    if keep.shape[-1] < max_entities:  # fewer candidates than slots: pad with empty ones
+        pad = ((0, 0), (0, max_entities - keep.shape[-1]))
+        keep, start, end, kind, score = (jnp.pad(x, pad) for x in (keep, start, end, kind, score))
     big = jnp.iinfo(jnp.int32).max
     width = jnp.max(end) + 1
     key = jnp.where(keep, start * width + end, big)
-    order = jnp.argsort(key, axis=-1, stable=True)
-    if order.shape[-1] < max_entities:  # fewer candidates than slots: pad with empty ones
-        pad = ((0, 0), (0, max_entities - order.shape[-1]))
-        keep, start, end = (jnp.pad(x, pad) for x in (keep, start, end))
-        kind, score = jnp.pad(kind, pad), jnp.pad(score, pad)
-    order = order[:, :max_entities]
+    order = jnp.argsort(key, axis=-1, stable=True)[:, :max_entities]
     take = lambda x: jnp.take_along_axis(x, order, axis=1)  # noqa: E731
     mask = take(keep)
     return {

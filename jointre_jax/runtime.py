@@ -25,7 +25,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from jointre_jax import parallel
-from jointre_jax.data.batching import Batcher
+from jointre_jax.data.batching import Batcher, entity_slots
 from jointre_jax.labels import EntityScheme, decide
 from jointre_jax.model.bert import BertConfig
 from jointre_jax.model.joint import JointModel
@@ -275,6 +275,4 @@ def host_rows(batcher: Batcher, planned) -> dict:
 
 def entity_slots_of(config, examples) -> int:
     """``config.model.max_entities``, or when 0 the slots the ``examples`` need."""
-    from jointre_jax.data.batching import entity_slots
-
     return int(config.model.max_entities) or entity_slots(examples)

@@ -45,6 +45,8 @@ def test_bio_decoding_like_seqeval_and_the_host_reader():
         for n in np.flatnonzero(found["mask"][0])
     ]
     assert rows == expected and found["overflow"][0] == 0
+    wide = scheme.decode(logits, jnp.asarray(WORDS), 16)  # more slots than words: all N kept
+    assert wide["start"].shape == wide["mask"].shape == (1, 16) and int(wide["mask"].sum()) == 5
     few = scheme.decode(logits, jnp.asarray(WORDS), 3)
     assert int(few["overflow"][0]) == 2 and np.asarray(few["mask"]).sum() == 3
     tags = scheme.tags([(0, 2, 0), (4, 6, 1)], 8)

@@ -59,7 +59,7 @@ def masked_cross_entropy(logits, labels, mask):
     return jnp.sum(losses * mask), jnp.sum(mask)
 
 
-def ner_targets(scheme: EntityScheme, outputs, batch):
+def ner_targets(scheme: EntityScheme, batch):
     """(targets int32, mask bool) of the NER loss, shaped like ``ner_logits`` without classes."""
     rows = batch["row_mask"]
     if isinstance(scheme, SpanScheme):
@@ -104,7 +104,7 @@ def loss_terms(outputs, batch, options: LossOptions):
     zero = jnp.zeros((), jnp.float32)
     terms = {"ner_loss_sum": zero, "ner_count": zero, "re_loss_sum": zero, "re_pairs": zero}
     if "ner_logits" in outputs:
-        targets, mask = ner_targets(options.scheme, outputs, batch)
+        targets, mask = ner_targets(options.scheme, batch)
         terms["ner_loss_sum"], terms["ner_count"] = masked_cross_entropy(
             outputs["ner_logits"], targets, mask
         )
