@@ -86,10 +86,14 @@ def score(line: dict) -> float:
     return line["dev_corpus_ner_f1"] + line["dev_corpus_re_e2e_f1"]
 
 
-def table(rows: list[dict], command: str) -> str:
+def table(rows: list[dict], command: str, budget: str) -> str:
     """The markdown table of finished recipes, best first."""
     out = [
         f"Command: `{command}`",
+        "",
+        f"Budget: {budget}. Machine: {machine()['processor']}, {machine()['cpu_count']} cores, "
+        f"{machine()['backend']} backend. Dev scores, best epoch of each run, F1 in "
+        "percent against the corpus gold and against the encoded gold (as labelled).",
         "",
         "| recipe | overrides | best epoch | dev NER F1 (corpus) | dev RE e2e F1 (corpus) | "
         "dev NER F1 (encoded) | dev RE e2e F1 (encoded) | epoch seconds |",
@@ -140,7 +144,11 @@ def main(argv):
     command = " ".join(["python -m benchmarks.recipe_search", *map(shlex.quote, sys.argv[1:])])
     out = pathlib.Path(FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(table(rows, command))
+    budget_text = (
+        f"first {FLAGS.train_examples} training criteria, {FLAGS.epochs} epochs, "
+        f"first {FLAGS.eval_examples} dev criteria"
+    )
+    out.with_suffix(".md").write_text(table(rows, command, budget_text))
     budget = {
         "train_examples": FLAGS.train_examples,
         "eval_examples": FLAGS.eval_examples,
@@ -152,7 +160,7 @@ def main(argv):
             indent=1,
         )
     )
-    print(table(rows, command))
+    print(table(rows, command, budget_text))
 
 
 if __name__ == "__main__":
