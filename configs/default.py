@@ -138,6 +138,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.decision_threshold = 0.0
     # span: size of the start and end vectors of the biaffine span scorer.
     config.model.span_hidden_dim = 256
+    # Word features, which every head reads: "first" (the encoder output at each word's first
+    # wordpiece) or "first_last" (that and the output at its last wordpiece, concatenated).
+    config.model.word_features = "first"
+    # Read a learned softmax mixture of the embeddings and every encoder layer instead of the
+    # last layer alone.
+    config.model.layer_mix = False
+    # > 0: a bidirectional LSTM of this size per direction over the word features (0: none).
+    config.model.word_lstm_dim = 0
+    # span: > 0 adds a span-content score (max-pooled words + width embedding, a hidden layer
+    # of this size) to the biaffine one (0: biaffine alone).
+    config.model.span_pooling_dim = 0
     # Slots of the entity tables (gold and decoded entities per example, static shapes);
     # 0: the most entities of any training example, rounded up to a multiple of 8. Decoded or
     # gold entities beyond it are counted ("overflow" in the scores), never silently lost.

@@ -132,6 +132,10 @@ def create_model(config, scheme: EntityScheme, num_relations: int, bert: BertCon
         span_hidden_dim=config.model.span_hidden_dim,
         max_entities=int(config.model.max_entities),
         dropout_rate=config.model.dropout_rate,
+        word_features=str(config.model.word_features),
+        layer_mix=bool(config.model.layer_mix),
+        word_lstm_dim=int(config.model.word_lstm_dim),
+        span_pooling_dim=int(config.model.span_pooling_dim),
         dtype=jnp.dtype(config.model.compute_dtype),
     )
 
@@ -184,6 +188,7 @@ def dummy_batch(length: int = 8, rows: int = 1, entities: int = 2) -> dict:
         "input_ids": jnp.zeros((rows, length), jnp.int32),
         "input_mask": jnp.ones((rows, length), bool),
         "word_index": jnp.zeros((rows, length), jnp.int32),
+        "word_end_index": jnp.zeros((rows, length), jnp.int32),
         "word_mask": jnp.ones((rows, length), bool),
         "ner_labels": jnp.zeros((rows, length), jnp.int32),
         "entity_start": jnp.zeros((rows, entities), jnp.int32),

@@ -3,6 +3,7 @@
 import pytest
 
 from configs import default
+from jointre_jax.data.batching import word_ends
 from jointre_jax.data.accounting import Accounting
 from jointre_jax.data.brat import BratFormatError, read_document
 from jointre_jax.data.encode import Encoder, choose_windows, split_lines
@@ -240,6 +241,13 @@ def test_whole_words_hold_hyphenated_values_and_long_words(tmp_path, tiny_tokeni
     assert words == ["anesthesiologists", "score", "of", "I", "-", "II"]
     assert [(e.start, e.end) for e in example.entities] == [(0, 1), (3, 6)]
     assert acc.entities.dropped == {"inside_word": 1}
+    # Each word's last wordpiece (batch "word_end_index"): the pieces of a word, in order,
+    # rebuild it, and the last word ends just before [SEP].
+    ends = word_ends(example)
+    assert ends[-1] == example.length - 2
+    for (a, b), first, last in zip(example.words, example.word_starts, ends):
+        pieces = tiny_tokenizer.convert_ids_to_tokens(example.input_ids[first : last + 1])
+        assert "".join(p.removeprefix("##") for p in pieces) == example.text[a:b].lower()
 
 
 def test_select_non_overlapping_known_answers():

@@ -123,6 +123,65 @@ def test_span_scorer_matches_explicit_formula():
     np.testing.assert_allclose(scores[b, i, j], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_span_pooling_term_matches_explicit_formula():
+    """pool_dim > 0 adds V relu(P (max-pool of the span's words || width embedding)) to each
+    span's biaffine score; spans wider than max_width are not scored (masked elsewhere)."""
+    words = jax.random.normal(jax.random.key(0), (2, 6, 8))
+    plain = SpanScorer(num_classes=3, hidden_dim=4, max_width=3)
+    pooled = SpanScorer(num_classes=3, hidden_dim=4, max_width=3, pool_dim=5)
+    params = pooled.init(jax.random.key(1), words)["params"]
+    base = {k: v for k, v in params.items() if k in plain.init(jax.random.key(1), words)["params"]}
+    extra = np.asarray(pooled.apply({"params": params}, words)) - np.asarray(
+        plain.apply({"params": base}, words)
+    )
+    x = np.asarray(words)
+    for b, i, j in [(0, 0, 0), (1, 1, 3), (0, 3, 5)]:
+        features = np.concatenate(
+            [x[b, i : j + 1].max(axis=0), np.asarray(params["width_embedding"]["embedding"])[j - i]]
+        )
+        hidden = np.maximum(
+            features @ params["pool_hidden"]["kernel"] + params["pool_hidden"]["bias"], 0
+        )
+        expected = hidden @ params["pool_classes"]["kernel"] + params["pool_classes"]["bias"]
+        np.testing.assert_allclose(extra[b, i, j], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"word_features": "first_last"},
+        {"layer_mix": True},
+        {"word_lstm_dim": 4},
+        {"span_pooling_dim": 8},
+    ],
+)
+def test_word_feature_options_train_through_the_loss(options):
+    """Each word-feature option builds, gives finite losses and gradients, and changes the
+    features the heads read; first_last reads the last wordpiece of each word."""
+    scheme = SpanScheme(2, 4)
+    batch = model_batch()
+    batch["word_end_index"] = jnp.array([[1, 3, 3, 4, 0, 0]])  # word 1 spans pieces 2-3
+    kwargs = dict(num_relations=3, pair_hidden_dim=8, span_hidden_dim=8, max_entities=4)
+    model = JointModel(TINY, scheme, **kwargs, **options)
+    variables = model.init(jax.random.key(0), batch, label_source="gold")
+    options_ = LossOptions(scheme)
+
+    def loss(params):
+        outputs = model.apply({"params": params}, batch, label_source="gold")
+        return total_loss(loss_terms(outputs, batch, options_))
+
+    value, grads = jax.value_and_grad(loss)(variables["params"])
+    assert np.isfinite(float(value))
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
+    encoder_grad = grads["encoder"]["embeddings"]["word_embeddings"]["embedding"]
+    assert float(jnp.abs(encoder_grad).sum()) > 0
+    if "word_features" in options:
+        read = lambda module, b: module.words(module.encoder, b, True)  # noqa: E731
+        words = model.apply(variables, batch, method=read)
+        assert words.shape == (1, 6, 2 * TINY.hidden_size)
+        np.testing.assert_allclose(words[0, 1, 16:], words[0, 2, :16], rtol=1e-6)  # piece 3
+
+
 @pytest.mark.parametrize("option", ["m1", "m2", "m2_bilinear"])
 def test_pair_scorer_matches_explicit_formulas(option):
     features = jax.random.normal(jax.random.key(0), (2, 5, 8))

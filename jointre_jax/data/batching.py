@@ -11,7 +11,8 @@ L slots too (an example never has more words than wordpieces):
 
 * ``input_ids`` int32 [B, L]; ``input_mask`` bool [B, L]: real wordpieces incl. [CLS]/[SEP];
 * ``word_index`` int32 [B, L]: wordpiece index of each word's first wordpiece (0 past the last
-  word); ``word_mask`` bool [B, L]: real words;
+  word); ``word_end_index`` int32 [B, L]: that of its last wordpiece; ``word_mask`` bool
+  [B, L]: real words;
 * the label scheme's NER targets (:meth:`jointre_jax.labels.EntityScheme.targets`): for BIO
   ``ner_labels`` int32 [B, L], one tag per word (0 past the last word);
 * the gold entity table: ``entity_start``/``entity_end`` int32 [B, N] word span [start, end),
@@ -31,6 +32,14 @@ import numpy as np
 
 from jointre_jax.data.encode import Example
 from jointre_jax.labels import BioScheme, EntityScheme
+
+
+def word_ends(example: Example) -> np.ndarray:
+    """Wordpiece index of each word's last wordpiece, int32 [w]: every wordpiece between
+    [CLS] and [SEP] belongs to a word, so a word ends where the next begins (the last word
+    before [SEP])."""
+    starts = np.asarray(example.word_starts, np.int64)
+    return (np.append(starts[1:], example.length - 1) - 1).astype(np.int32)
 
 
 def bucket_for(length: int, boundaries: Sequence[int]) -> int:
@@ -149,6 +158,7 @@ class Batcher:
             "input_ids": np.zeros((size, length), np.int32),
             "input_mask": np.zeros((size, length), bool),
             "word_index": np.zeros((size, length), np.int32),
+            "word_end_index": np.zeros((size, length), np.int32),
             "word_mask": np.zeros((size, length), bool),
             "entity_start": np.zeros((size, slots), np.int32),
             "entity_end": np.zeros((size, slots), np.int32),
@@ -167,6 +177,7 @@ class Batcher:
             batch["input_ids"][row, :n] = ex.input_ids
             batch["input_mask"][row, :n] = True
             batch["word_index"][row, :w] = ex.word_starts
+            batch["word_end_index"][row, :w] = word_ends(ex)
             batch["word_mask"][row, :w] = True
             table = ex.entities[:slots]
             batch["entity_overflow"][row] = len(ex.entities) - len(table)

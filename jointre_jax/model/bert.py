@@ -152,18 +152,23 @@ class BertLayer(_BertModule):
 
 
 class BertLayerCollection(_BertModule):
+    """The layers in turn; returns the last output, or with ``all_layers`` the input and
+    every layer's output stacked [num_hidden_layers + 1, B, L, hidden]."""
+
     @nn.compact
-    def __call__(self, hidden, mask, deterministic: bool):
+    def __call__(self, hidden, mask, deterministic: bool, all_layers: bool = False):
+        outputs = [hidden]
         for i in range(self.config.num_hidden_layers):
             hidden = BertLayer(self.config, self.dtype, name=str(i))(hidden, mask, deterministic)
-        return hidden
+            outputs.append(hidden)
+        return jnp.stack(outputs) if all_layers else hidden
 
 
 class BertEncoder(_BertModule):
     @nn.compact
-    def __call__(self, hidden, mask, deterministic: bool):
+    def __call__(self, hidden, mask, deterministic: bool, all_layers: bool = False):
         return BertLayerCollection(self.config, self.dtype, name="layer")(
-            hidden, mask, deterministic
+            hidden, mask, deterministic, all_layers
         )
 
 
@@ -180,13 +185,21 @@ class BertModel(_BertModule):
 
     Call with input_ids int32 [B, L] and input_mask bool [B, L] (True = real token); returns
     the last hidden states [B, L, hidden] in ``dtype`` (and the pooled [B, hidden] output when
-    ``add_pooling_layer``).
+    ``add_pooling_layer``). With ``all_layers``: the embeddings and every layer's output,
+    stacked [num_hidden_layers + 1, B, L, hidden] (no pooled output).
     """
 
     add_pooling_layer: bool = False
 
     @nn.compact
-    def __call__(self, input_ids, input_mask, token_type_ids=None, deterministic: bool = True):
+    def __call__(
+        self,
+        input_ids,
+        input_mask,
+        token_type_ids=None,
+        deterministic: bool = True,
+        all_layers: bool = False,
+    ):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
@@ -196,7 +209,9 @@ class BertModel(_BertModule):
         mask = (input_mask[:, None, None, :] & input_mask[:, None, :, None]) | jnp.eye(
             input_ids.shape[-1], dtype=bool
         )  # padded queries attend to themselves only: no NaN rows
-        hidden = BertEncoder(self.config, self.dtype, name="encoder")(hidden, mask, deterministic)
-        if not self.add_pooling_layer:
+        hidden = BertEncoder(self.config, self.dtype, name="encoder")(
+            hidden, mask, deterministic, all_layers
+        )
+        if all_layers or not self.add_pooling_layer:
             return hidden
         return hidden, BertPooler(self.config, self.dtype, name="pooler")(hidden)

@@ -45,6 +45,7 @@ from jointre_jax.model.bert import BertConfig, BertModel
 METHODS = ("joint", "ner", "re", "pipeline")
 RE_OPTIONS = ("m1", "m2", "m2_bilinear")
 LABEL_SOURCES = ("gold", "predicted")
+WORD_FEATURES = ("first", "first_last")
 
 
 class PairScorer(nn.Module):
@@ -103,11 +104,18 @@ class SpanScorer(nn.Module):
     (inclusive): ``s_i^T U_c e_j + W_c (s_i || e_j) + b_c + w_c[j - i]`` with
     ``s = relu(dense(h))`` and ``e = relu(dense(h))`` the start and end vectors (Yu et al.
     2020) and ``w`` a learned bias per span width (in words, up to ``max_width``) and class.
+
+    With ``pool_dim`` > 0 a second term scores each span from its content, as span classifiers
+    do (SpERT, Eberts and Ulges 2020): ``V_c relu(P (max_{i<=k<=j} h_k || a[j - i]) + p) +
+    v_c`` with ``a`` a learned width embedding; the max-pools of all spans of width w come
+    from those of width w - 1 in one step each (``max_width`` steps, no [B, L, L, D] tensor).
     """
 
     num_classes: int
     hidden_dim: int
     max_width: int = 16
+    pool_dim: int = 0
+    width_embedding_dim: int = 25
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -131,7 +139,36 @@ class SpanScorer(nn.Module):
         )
         positions = jnp.arange(words.shape[1])
         width = jnp.clip(positions[None, :] - positions[:, None], 0, self.max_width - 1)
-        return scores + width_bias.astype(scores.dtype)[width][None]
+        scores = scores + width_bias.astype(scores.dtype)[width][None]
+        if self.pool_dim:
+            scores = scores + self.pooled_scores(words, width, deterministic, dropout_rate)
+        return scores
+
+    def pooled_scores(self, words, width, deterministic: bool, dropout_rate: float):
+        """Span-content logits [B, L, L, C] (see the class docstring); ``width`` [L, L] is the
+        clipped width index j - i of each span."""
+        length = words.shape[1]
+        widths = min(self.max_width, length)
+        pools, pooled = [], words
+        for w in range(widths):  # pooled[:, i] = max(words[i .. i + w]); past L: padding
+            if w:
+                shifted = jnp.pad(words[:, w:], ((0, 0), (0, w), (0, 0)))
+                pooled = jnp.maximum(pooled, shifted)
+            pools.append(pooled)
+        pools = jnp.stack(pools, axis=2)  # [B, L, W, D]
+        embedding = nn.Embed(self.max_width, self.width_embedding_dim, name="width_embedding")
+        sizes = embedding(jnp.arange(widths)).astype(words.dtype)  # [W, E]
+        sizes = jnp.broadcast_to(sizes, pools.shape[:3] + sizes.shape[-1:])
+        hidden = nn.Dense(self.pool_dim, dtype=self.dtype, name="pool_hidden")(
+            jnp.concatenate([pools, sizes], axis=-1)
+        )
+        hidden = nn.Dropout(dropout_rate)(nn.relu(hidden), deterministic=deterministic)
+        by_width = nn.Dense(self.num_classes, dtype=self.dtype, name="pool_classes")(hidden)
+        index = jnp.broadcast_to(
+            jnp.minimum(width, widths - 1)[None, :, :, None],
+            (words.shape[0], length, length, 1),
+        )  # [B, L, L, 1]: span (i, j) reads width j - i of start i
+        return jnp.take_along_axis(by_width, index, axis=2)
 
 
 def gather(values, index):
@@ -171,6 +208,13 @@ class JointModel(nn.Module):
     it) and, for each name in ``tables`` ("gold", "predicted", "incremental"), that entity
     table as ``table_<name>`` and its relation logits as ``re_logits_<name>`` [B, N', N', R]
     (not for ``ner``).
+
+    Word features (every head reads them): the encoder output (with ``layer_mix``, a learned
+    softmax mixture of the embeddings and all layers, times a learned scale) at each word's
+    first wordpiece, concatenated with that at its last wordpiece for ``word_features =
+    "first_last"``, then with ``word_lstm_dim`` > 0 a bidirectional LSTM over the words (Yu et
+    al. 2020 put one between BERT and the biaffine scorer). ``span_pooling_dim`` > 0 adds the
+    span-content term of :class:`SpanScorer`.
     """
 
     encoder_config: BertConfig
@@ -183,6 +227,10 @@ class JointModel(nn.Module):
     span_hidden_dim: int = 256
     max_entities: int = 32
     dropout_rate: float = 0.1
+    word_features: str = "first"
+    layer_mix: bool = False
+    word_lstm_dim: int = 0
+    span_pooling_dim: int = 0
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -192,12 +240,26 @@ class JointModel(nn.Module):
         pairs = lambda name: PairScorer(  # noqa: E731
             self.num_relations, self.pair_hidden_dim, self.re_option, self.dtype, name=name
         )
+        if self.word_features not in WORD_FEATURES:
+            raise ValueError(f"word_features {self.word_features!r} not in {WORD_FEATURES}")
         self.encoder = bert("encoder")
+        if self.layer_mix:  # softmax weights over the embeddings and every layer, and a scale
+            layers = self.encoder_config.num_hidden_layers + 1
+            self.layer_weights = self.param("layer_weights", nn.initializers.zeros, (layers,))
+            self.layer_scale = self.param("layer_scale", nn.initializers.ones, ())
+        if self.word_lstm_dim:
+            cell = lambda: nn.RNN(nn.OptimizedLSTMCell(self.word_lstm_dim))  # noqa: E731
+            self.word_lstm = nn.Bidirectional(cell(), cell())
         classes = self.scheme.num_classes
         if self.method in ("joint", "ner", "pipeline"):
             if isinstance(self.scheme, SpanScheme):
                 self.ner_spans = SpanScorer(
-                    classes, self.span_hidden_dim, self.scheme.max_width, self.dtype, name="ner"
+                    classes,
+                    self.span_hidden_dim,
+                    self.scheme.max_width,
+                    pool_dim=self.span_pooling_dim,
+                    dtype=self.dtype,
+                    name="ner",
                 )
             else:
                 self.ner_dense = nn.Dense(classes, dtype=self.dtype, name="ner")
@@ -211,10 +273,24 @@ class JointModel(nn.Module):
         self.dropout = nn.Dropout(self.dropout_rate)
 
     def words(self, encoder, batch, deterministic: bool):
-        """Encoder output at each word's first wordpiece: [B, L, D]."""
-        hidden = encoder(batch["input_ids"], batch["input_mask"], deterministic=deterministic)
+        """Word features [B, L, D'] from the encoder output (see ``word_features``,
+        ``layer_mix`` and ``word_lstm_dim`` in the class docstring)."""
+        ids, mask = batch["input_ids"], batch["input_mask"]
+        if self.layer_mix:
+            layers = encoder(ids, mask, deterministic=deterministic, all_layers=True)
+            weights = jax.nn.softmax(self.layer_weights).astype(layers.dtype)
+            hidden = self.layer_scale.astype(layers.dtype) * jnp.einsum("l,lbtd->btd", weights, layers)
+        else:
+            hidden = encoder(ids, mask, deterministic=deterministic)
         hidden = self.dropout(hidden, deterministic=deterministic)
-        return gather(hidden, batch["word_index"])
+        words = gather(hidden, batch["word_index"])
+        if self.word_features == "first_last":
+            words = jnp.concatenate([words, gather(hidden, batch["word_end_index"])], axis=-1)
+        if self.word_lstm_dim:
+            lengths = batch["word_mask"].sum(axis=1).astype(jnp.int32)
+            words = self.word_lstm(words.astype(jnp.float32), seq_lengths=lengths)
+            words = self.dropout(words.astype(self.dtype), deterministic=deterministic)
+        return words
 
     def ner(self, words, deterministic: bool):
         if isinstance(self.scheme, SpanScheme):
