@@ -26,6 +26,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from benchmarks.throughput import machine, print_and_save
+from jointre_jax import cli
 from jointre_jax.data.brat import read_text
 from jointre_jax.data.corpus import split_documents
 from jointre_jax.extract import read_inputs, write_jsonl
@@ -120,5 +121,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    cli.run(main, "bench-extract", required=("workdir",))

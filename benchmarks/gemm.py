@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from jointre_jax import cli
+
 FLAGS = flags.FLAGS
 
 
@@ -82,4 +84,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main, "gemm")

@@ -29,7 +29,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from benchmarks.throughput import machine
-from jointre_jax import train
+from jointre_jax import cli, train
 from jointre_jax.inference import apply_overrides
 
 log = logging.getLogger("jointre_jax.recipe_search")
@@ -165,5 +165,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    flags.mark_flags_as_required(["config", "workdir", "out"])
-    app.run(main)
+    cli.run(main, "recipe_search", required=("config", "workdir", "out"))

@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jointre_jax import parallel, runtime
+from jointre_jax import cli, parallel, runtime
 from jointre_jax.data.batching import Batcher, PlannedBatch, padding_stats
 from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.model.bert import BertConfig
@@ -376,5 +376,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main, "throughput", required=("config",))

@@ -62,7 +62,7 @@ def launch(args, name: str, seed: int, overrides: dict) -> dict:
         key, _, value = item.partition("=")
         command.append(f"--config.{key}={value}")
     command += [flag(k, v) for k, v in overrides.items()]
-    log = open(pathlib.Path(args.workdirs) / f"{run}.log", "w")
+    log = open(pathlib.Path(args.workdirs) / f"{run}.log", "w")  # noqa: SIM115 - the child keeps it
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
     print(f"started {run}: {' '.join(command[3:])}", flush=True)
     return {"run": run, "variant": name, "seed": seed, "overrides": overrides,

@@ -3,20 +3,43 @@
 A checkpoint holds the TrainState (``state``) and a small JSON ``meta``. Training restores the
 whole state; inference restores the parameters alone (:func:`restore_params`), without building
 an optimiser.
+
+A checkpoint can be damaged (a disk filled up, a copy cut short). Every restore here tries the
+candidates in order and says, in one line each, which one it could not read and why:
+
+* inference (:func:`restore_run_params`): the best checkpoint, then the latest ones, newest
+  first; :class:`~jointre_jax.errors.CheckpointError` when none is readable;
+* training resume (:func:`restore_latest`): the latest step, then the earlier ones kept
+  (``keep``); an unreadable step is moved aside (``unreadable-<step>``) so that training can
+  save that step again; with none readable, training starts afresh, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import pathlib
 
 import jax
 import orbax.checkpoint as ocp
+
+from jointre_jax.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+RUN_FOLDERS = ("best", "checkpoints")
 
 
 def checkpoint_manager(directory: pathlib.Path, keep: int = 1) -> ocp.CheckpointManager:
     """The orbax manager of ``directory``, keeping the last ``keep`` steps."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+
+
+def steps(directory: pathlib.Path) -> list[int]:
+    """The saved steps in ``directory``, newest first (orbax's temporary folders excluded)."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
 
 
 def save(manager, step: int, state, meta: dict) -> None:
@@ -28,11 +51,12 @@ def save(manager, step: int, state, meta: dict) -> None:
     manager.wait_until_finished()
 
 
-def restore(manager, state):
-    """The latest (state, meta) of ``manager``, restored onto ``state``'s shardings."""
+def restore(manager, state, step: int | None = None):
+    """(state, meta) of ``step`` (default: the latest) of ``manager``, onto ``state``'s
+    shardings."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     restored = manager.restore(
-        manager.latest_step(),
+        manager.latest_step() if step is None else step,
         args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
         ),
@@ -40,16 +64,72 @@ def restore(manager, state):
     return restored["state"], restored["meta"]
 
 
-def restore_params(manager, params):
-    """The parameters of ``manager``'s latest checkpoint, onto ``params``' shardings; the
-    optimiser moments are not read."""
+def restore_latest(directory: pathlib.Path, state):
+    """(state, meta) of the newest readable step of ``directory``, or None when there is no
+    step or none can be read (each unreadable one is logged and moved aside)."""
+    directory = pathlib.Path(directory)
+    for step in steps(directory):
+        try:
+            return restore(checkpoint_manager(directory), state, step)
+        except Exception as err:  # noqa: BLE001 - any damage to the files: try the next one
+            aside, n = directory / f"unreadable-{step}", 1
+            while aside.exists():  # an earlier resume may have set one aside already
+                n += 1
+                aside = directory / f"unreadable-{step}-{n}"
+            log.warning("checkpoint %s is unreadable (%s); moved to %s", directory / str(step),
+                        describe(err), aside.name)  # fmt: skip
+            (directory / str(step)).rename(aside)
+    if any(p.name.startswith("unreadable-") for p in directory.glob("*")):
+        log.warning("no readable checkpoint in %s: training starts afresh", directory)
+    return None
+
+
+def restore_params(path: pathlib.Path, params):
+    """The parameters of the checkpoint at ``path`` (a step folder), onto ``params``'
+    shardings; the optimiser moments are not read."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), params)
-    path = pathlib.Path(manager.directory) / str(manager.latest_step()) / "state"
     restored = ocp.PyTreeCheckpointer().restore(
-        path,
+        pathlib.Path(path).absolute() / "state",
         args=ocp.args.PyTreeRestore(
             {"params": abstract}, restore_args={"params": restore_args}, partial_restore=True
         ),
     )
     return restored["params"]
+
+
+def restore_run_params(workdir: pathlib.Path, params):
+    """(params, step folder) of the first readable checkpoint of a run: ``best/``, then
+    ``checkpoints/``, newest first. Unreadable ones are logged, one line each, and the one used
+    instead is named. Raises CheckpointError when none is readable or the run has none."""
+    workdir = pathlib.Path(workdir)
+    failures = []
+    for folder in RUN_FOLDERS:
+        for step in steps(workdir / folder):
+            path = workdir / folder / str(step)
+            try:
+                restored = restore_params(path, params)
+            except Exception as err:  # noqa: BLE001 - any damage to the files: try the next one
+                failures.append(f"{path} ({describe(err)})")
+                log.warning("checkpoint %s is unreadable: %s", path, describe(err))
+                continue
+            if failures:
+                log.warning("using checkpoint %s instead", path)
+            return restored, path
+    if failures:
+        raise CheckpointError(f"no readable checkpoint in {workdir}: {'; '.join(failures)}")
+    raise CheckpointError(
+        f"no checkpoint in {workdir}/best or {workdir}/checkpoints: has the run trained an "
+        "epoch yet?"
+    )
+
+
+def describe(err: BaseException) -> str:
+    """One line on why a checkpoint could not be read (the innermost cause, shortened)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -9,7 +9,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jointre_jax import inference, train
+from jointre_jax import cli, inference, train
 from jointre_jax.data.corpus import load_split
 from jointre_jax.data.sample import write_sample_corpus, write_tiny_encoder
 
@@ -82,4 +82,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main, "demo")

@@ -12,12 +12,13 @@ folder to the documents it lists (id prefixes, one a line).
 from __future__ import annotations
 
 import json
-import pathlib
+import sys
 
 import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
+from jointre_jax import cli
 from jointre_jax.inference import evaluate_folder
 
 FLAGS = flags.FLAGS
@@ -43,15 +44,44 @@ def main(argv):
     overrides = {}
     if FLAGS.decision_threshold is not None:
         overrides["model.decision_threshold"] = FLAGS.decision_threshold
+    out = cli.prepare_output(FLAGS.out, "out")  # before the work, not after
     results = evaluate_folder(FLAGS.workdir, FLAGS.brat_dir, FLAGS.split_file, None, overrides)
-    pathlib.Path(FLAGS.out).write_text(json.dumps(results, indent=1))
+    out.write_text(json.dumps(results, indent=1))
     encoded = {k: round(results[k]["f1"], 4) for k in ("ner", "re_gs", "re_e2e")}
     corpus = {k: round(results["corpus"][k]["f1"], 4) for k in ("ner", "re_e2e")}
     summary = {"corpus_gold": corpus, "encoded_gold": encoded}
+    for line in problem_lines(results):
+        print(f"evaluate: {line}", file=sys.stderr)
     print(json.dumps({"out": FLAGS.out, "f1": summary, "devices": jax.device_count()}))
+
+
+def problem_lines(results: dict) -> list[str]:
+    """What a user should know besides the F1s: what was not read or not representable, and
+    scores with no gold to count against."""
+    data, lines = results["data"], []
+    lines.append(
+        f"{data['documents']} documents, {data['criteria']} criteria; corpus gold: "
+        f"{results['corpus']['gold']['entities']} entities, "
+        f"{results['corpus']['gold']['relations']} relations"
+    )
+    for name in ("entities", "relations"):
+        dropped = data[name]["dropped"]
+        if dropped:
+            listed = ", ".join(f"{k} {v}" for k, v in dropped.items())
+            lines.append(f"{name} the model cannot represent (scored as misses): {listed}")
+    if data["skipped"]:
+        listed = ", ".join(f"{k} {v}" for k, v in data["skipped"].items())
+        lines.append(f"not read: {listed}; see 'problems' in {FLAGS.out}")
+    if results.get("entity_overflow"):
+        lines.append(f"entities beyond the model's table: {results['entity_overflow']}")
+    gold = results["corpus"]["gold"]
+    if not gold["entities"]:
+        lines.append("no gold entities: NER and RE scores have nothing to count against")
+    elif not gold["relations"]:
+        lines.append("no gold relations: RE scores have nothing to count against (0.0)")
+    return lines
 
 
 if __name__ == "__main__":
     _define_flags()
-    flags.mark_flags_as_required(["workdir", "brat_dir", "out"])
-    app.run(main)
+    cli.run(main, "evaluate", required=("workdir", "brat_dir", "out"))

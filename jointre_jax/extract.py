@@ -31,8 +31,10 @@ import time
 from absl import app, flags
 from absl import logging as absl_logging
 
+from jointre_jax import cli
 from jointre_jax.data.brat import BratFormatError, read_text, write_document
 from jointre_jax.data.encode import split_lines
+from jointre_jax.errors import UserError
 from jointre_jax.extraction import DocumentExtraction, Extractor, iter_records
 from jointre_jax.grouping import group_criterion
 
@@ -52,8 +54,8 @@ def _define_flags() -> None:
 def read_inputs(source: str) -> tuple[list[str], list[str]]:
     """(doc_ids, texts) of ``source``: a file, a folder of .txt files, or "-" (stdin).
 
-    Raises FileNotFoundError for a missing path or an empty folder, BratFormatError (file and
-    line) for text that is not UTF-8.
+    Raises UserError for a missing path or an empty folder, BratFormatError (file and line)
+    for text that is not UTF-8.
     """
     if source == "-":
         data = sys.stdin.buffer.read()
@@ -66,10 +68,10 @@ def read_inputs(source: str) -> tuple[list[str], list[str]]:
     if path.is_dir():
         files = sorted(path.glob("*.txt"))
         if not files:
-            raise FileNotFoundError(f"no .txt files in {path}")
+            raise UserError(f"--input={source}: no .txt files in this folder")
         return [f.stem for f in files], [read_text(f) for f in files]
     if not path.is_file():
-        raise FileNotFoundError(f"input {path} not found")
+        raise UserError(f"--input={source}: not found")
     return [path.stem], [read_text(path)]
 
 
@@ -120,17 +122,17 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)
-    try:
-        doc_ids, texts = read_inputs(FLAGS.input)
-    except (BratFormatError, FileNotFoundError) as err:
-        sys.exit(f"extract: {err}")
+    if FLAGS.format == "brat" and FLAGS.output == "-":
+        raise UserError("--format=brat needs an output folder, not -")
+    cli.prepare_output(FLAGS.output, "output", folder=FLAGS.format == "brat")
+    if FLAGS.grouped:
+        cli.prepare_output(FLAGS.grouped, "grouped")
+    doc_ids, texts = read_inputs(FLAGS.input)
     extractor = Extractor.from_workdir(FLAGS.workdir, FLAGS.num_devices)
     started = time.perf_counter()
     extractions = extractor.extract(texts, doc_ids, progress=True)
     seconds = time.perf_counter() - started
     if FLAGS.format == "brat":
-        if FLAGS.output == "-":
-            sys.exit("extract: --format=brat needs an output folder, not -")
         write_brat(extractions, pathlib.Path(FLAGS.output))
     else:
         stream, close = _open(FLAGS.output)
@@ -154,5 +156,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    flags.mark_flags_as_required(["workdir", "input", "output"])
-    app.run(main)
+    cli.run(main, "extract", required=("workdir", "input", "output"))

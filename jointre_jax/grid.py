@@ -34,7 +34,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jointre_jax import train
+from jointre_jax import cli, train
 
 log = logging.getLogger("jointre_jax.grid")  # not __main__ when run with -m
 
@@ -290,5 +290,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main, "grid", required=("config", "workdir"))

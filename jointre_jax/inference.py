@@ -9,8 +9,16 @@ import ml_collections
 
 from configs import default
 from jointre_jax import runtime
-from jointre_jax.checkpoints import checkpoint_manager, restore_params
-from jointre_jax.data.corpus import encode_files, find_documents, make_encoder, read_split_ids
+from jointre_jax.checkpoints import restore_run_params
+from jointre_jax.data.corpus import (
+    count_unpaired,
+    encode_files,
+    find_documents,
+    make_encoder,
+    read_split_ids,
+    unpaired_annotations,
+)
+from jointre_jax.errors import UserError
 from jointre_jax.evaluation import CorpusGold, evaluate
 from jointre_jax.predictor import Predictor
 
@@ -55,8 +63,13 @@ def load_run(
     """
     workdir = pathlib.Path(workdir)
     config_path = workdir / "config.json"
+    if not workdir.is_dir():
+        raise UserError(f"run folder {workdir} not found: give --workdir of a trained run")
     if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
+        raise UserError(
+            f"{workdir} is not a run: it has no config.json (the --workdir of "
+            "python -m jointre_jax.main holds one)"
+        )
     config = saved_config(config_path)
     apply_overrides(config, overrides or {})
     if num_devices is not None:
@@ -67,13 +80,7 @@ def load_run(
     model = runtime.create_model(config, encoder.scheme, encoder.schema.num_relation_labels, bert)
     mesh = runtime.make_mesh(config)
     params = runtime.create_params(config, model, None, mesh)  # the checkpoint holds them all
-    for name in ("best", "checkpoints"):
-        manager = checkpoint_manager(workdir / name)
-        if manager.latest_step() is not None:
-            params = restore_params(manager, params)
-            break
-    else:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/best or {workdir}/checkpoints")
+    params, _ = restore_run_params(workdir, params)
     return config, Predictor(config, model, params), encoder
 
 
@@ -88,6 +95,7 @@ def evaluate_folder(
     paths = find_documents(brat_dir, ids, split_file)
     gold = CorpusGold(encoder.schema)
     examples, accounting = encode_files(paths, encoder, "eval", gold=gold)
+    count_unpaired(accounting, unpaired_annotations(brat_dir, ids))
     results = evaluate(predictor, examples, encoder.schema, gold, "eval")
     results["data"] = accounting.to_dict()
     return results

@@ -15,7 +15,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jointre_jax import parallel, train
+from jointre_jax import cli, parallel, train
 
 FLAGS = flags.FLAGS
 
@@ -40,5 +40,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main, "train", required=("config", "workdir"))

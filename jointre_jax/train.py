@@ -23,7 +23,7 @@ import jax
 from tqdm.auto import tqdm
 
 from jointre_jax import parallel, runtime
-from jointre_jax.checkpoints import checkpoint_manager, restore, save
+from jointre_jax.checkpoints import checkpoint_manager, restore, restore_latest, save
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.evaluation import evaluate
@@ -60,7 +60,6 @@ def metric_value(results: dict, name: str) -> float:
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains the model of ``config`` in ``workdir``; returns the test scores (metrics.json)."""
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     encoder = make_encoder(config)
     train_data = load_split(config, config.data.train_split, encoder)
@@ -68,6 +67,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     schema, scheme = train_data.schema, encoder.scheme
     with config.unlocked():  # the table size the data needs, saved with the run
         config.model.max_entities = runtime.entity_slots_of(config, train_data.examples)
+    bert, weights_dir = runtime.encoder_config(config)
+    workdir.mkdir(parents=True, exist_ok=True)  # only once the data and the encoder are found
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
     data = config.data
@@ -82,19 +83,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
     steps_per_epoch = batcher.steps_per_epoch()
     total_steps = steps_per_epoch * config.num_epochs
 
-    bert, weights_dir = runtime.encoder_config(config)
     model = runtime.create_model(config, scheme, schema.num_relation_labels, bert)
     mesh = runtime.make_mesh(config)
     log.info("%s", parallel.describe(mesh))
     state = runtime.create_state(config, model, weights_dir, total_steps, mesh)
     train = runtime.jit_train_step(mesh, state, runtime.loss_options(config, scheme))
     sharding = parallel.batch_sharding(mesh)
-    latest = checkpoint_manager(workdir / "checkpoints")
-    best = checkpoint_manager(workdir / "best")
-    meta = {"best_metric": None, "best_epoch": None}
-    if latest.latest_step() is not None:
-        state, meta = restore(latest, state)
+    meta, resumed_sums = {"best_metric": None, "best_epoch": None}, None
+    resumed = restore_latest(workdir / "checkpoints", state)  # the newest readable step
+    if resumed is not None:
+        state, meta = resumed
+        resumed_sums = meta.pop("epoch_sums", None)  # of the epoch the step falls in
         log.info("resumed from step %d of %d", int(state.step), total_steps)
+    latest = checkpoint_manager(workdir / "checkpoints", keep=2)  # a step to fall back on
+    best = checkpoint_manager(workdir / "best")
 
     predictor = Predictor(config, model, state.params)  # compiled once, given fresh params
 
@@ -115,7 +117,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for epoch in range(start_epoch, config.num_epochs):
         plan = batcher.epoch_plan(epoch)
         offset = step - epoch * steps_per_epoch
-        sums = {k: 0.0 for k in TERMS}
+        # The loss sums of the epoch so far: carried in the checkpoint, so that a resumed
+        # epoch logs the same mean losses as an uninterrupted one.
+        carried = (resumed_sums or {}) if offset else {}
+        sums = {k: float(carried.get(k, 0.0)) for k in TERMS}
         pending = None  # metrics are read one step late, so the host never waits on the device
         started = time.time()
         bar = tqdm(
@@ -129,7 +134,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
             step += 1
             bar.update(1)
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-                save(latest, step, state, meta)
+                _accumulate(sums, pending, bar)
+                pending = None
+                save(latest, step, state, {**meta, "epoch_sums": sums})
         if pending is not None:
             _accumulate(sums, pending, bar)
         bar.close()
@@ -157,7 +164,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         save(latest, step, state, meta)
     test_data = load_split(config, config.data.test_split, encoder)
     if best.latest_step() is not None:
-        state, meta = restore(best, state)
+        state, meta = restore(best, state)  # written by this run just now
     results = scores(test_data, "test")
     results["best_epoch"] = meta["best_epoch"]
     results["dev_" + best_metric_name(config)] = meta["best_metric"]

@@ -103,8 +103,9 @@ def test_malformed_lines(tmp_path, ann_line, reason, message):
     "ann_line, reason",
     [
         ("T1\tCondition 14 99\tdiabetes", "offset_out_of_range"),
-        ("T1\tCondition 20 14\tdiabetes", "offset_out_of_range"),
-        ("T1\tCondition 0 8;4 12\tPatients ts with", "offset_out_of_range"),
+        ("T1\tCondition 20 14\tdiabetes", "end_before_start"),
+        ("T1\tCondition 14 14\t", "empty_fragment"),
+        ("T1\tCondition 0 8;4 12\tPatients ts with", "overlapping_fragments"),
         ("T1\tCondition 14 22\tdiabetic", "text_mismatch"),
     ],
 )

@@ -3,8 +3,8 @@
 import pytest
 
 from configs import default
-from jointre_jax.data.batching import word_ends
 from jointre_jax.data.accounting import Accounting
+from jointre_jax.data.batching import word_ends
 from jointre_jax.data.brat import BratFormatError, read_document
 from jointre_jax.data.encode import Encoder, choose_windows, split_lines
 from jointre_jax.data.schema import Schema
@@ -245,7 +245,7 @@ def test_whole_words_hold_hyphenated_values_and_long_words(tmp_path, tiny_tokeni
     # rebuild it, and the last word ends just before [SEP].
     ends = word_ends(example)
     assert ends[-1] == example.length - 2
-    for (a, b), first, last in zip(example.words, example.word_starts, ends):
+    for (a, b), first, last in zip(example.words, example.word_starts, ends, strict=True):
         pieces = tiny_tokenizer.convert_ids_to_tokens(example.input_ids[first : last + 1])
         assert "".join(p.removeprefix("##") for p in pieces) == example.text[a:b].lower()
 

@@ -12,6 +12,7 @@ import pytest
 from benchmarks import extraction as extraction_benchmark
 from jointre_jax import extract, train
 from jointre_jax.data.brat import BratFormatError, read_document
+from jointre_jax.errors import UserError
 from jointre_jax.extraction import Criterion, Entity, Extractor, Relation
 from jointre_jax.grouping import group_criterion
 from tests.conftest import REPO
@@ -107,7 +108,7 @@ def test_non_utf8_input_names_the_file_and_line(tmp_path):
     bad.write_bytes(b"age > 18\nna\xefve patients\n")
     with pytest.raises(BratFormatError, match=r"criteria\.txt:2"):
         extract.read_inputs(str(bad))
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         extract.read_inputs(str(tmp_path / "missing.txt"))
 
 

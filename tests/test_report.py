@@ -10,6 +10,7 @@ import pytest
 from jointre_jax.data.brat import BratFormatError
 from jointre_jax.data.corpus import find_documents, load_split, read_split_ids
 from jointre_jax.data.report import build_report, format_report
+from jointre_jax.errors import UserError
 from tests.conftest import REPO, tiny_corpus
 
 
@@ -52,7 +53,7 @@ def test_split_errors(tmp_path):
     with pytest.raises(BratFormatError, match=r"bad\.txt:3: NCT1 listed twice"):
         read_split_ids(split)
     config.data.dir = str(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="JOINTRE_DATA_DIR"):
+    with pytest.raises(UserError, match="JOINTRE_DATA_DIR"):
         load_split(config, "train")
 
 
@@ -73,4 +74,5 @@ def test_report_cli_json_and_table(tmp_path):
     table = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
     assert table.returncode == 0 and "padding_waste" in table.stdout
     typo = subprocess.run([*args, "--config.data.bukets=1"], cwd=REPO, env=env, capture_output=True)
-    assert typo.returncode != 0 and b"bukets" in typo.stderr
+    assert typo.returncode == 2 and b"Traceback" not in typo.stderr
+    assert b"report: unknown config field 'data.bukets'" in typo.stderr

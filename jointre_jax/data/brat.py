@@ -24,11 +24,26 @@ import dataclasses
 import pathlib
 import re
 
+from jointre_jax.errors import UserError
+
 _ID_RE = re.compile(r"^[A-Za-z0-9_\-.]+$")
 _FRAGMENT_RE = re.compile(r"^(\d+) (\d+)$")
 
 
-class BratFormatError(ValueError):
+def _offset_problem(ordered: list[tuple[int, int]], length: int) -> tuple[str, str] | None:
+    """(reason, detail) of fragments (in text order) that cannot be an entity, else None."""
+    if any(a > b for a, b in ordered):
+        return "end_before_start", "a fragment ends before it starts"
+    if any(a == b for a, b in ordered):
+        return "empty_fragment", "a fragment is empty"
+    if any(ordered[i][1] > ordered[i + 1][0] for i in range(len(ordered) - 1)):
+        return "overlapping_fragments", "two fragments overlap"
+    if ordered[-1][1] > length:
+        return "offset_out_of_range", f"beyond the end of the text ({length} characters)"
+    return None
+
+
+class BratFormatError(UserError, ValueError):
     """An annotation file that cannot be read as BRAT; ``str()`` starts with ``path:line:``."""
 
     def __init__(self, path: str | pathlib.Path, line: int | None, message: str):
@@ -45,7 +60,8 @@ class Entity:
 
     ``fragments`` are ``(start, end)`` character offsets into the document text, end
     exclusive, in text order. ``problem`` is None for a sound annotation, otherwise the reason
-    it cannot be used ("text_mismatch", "offset_out_of_range").
+    it cannot be used ("text_mismatch", "offset_out_of_range", "end_before_start",
+    "empty_fragment", "overlapping_fragments").
     """
 
     id: str
@@ -235,18 +251,12 @@ class _Reader:
         # Fragments may be written in reading order rather than text order (Chia does); the
         # mention joins them in the written order, the Entity keeps them in text order.
         ordered = sorted(fragments)
-        invalid = any(a >= b for a, b in ordered) or any(
-            ordered[i][1] > ordered[i + 1][0] for i in range(len(ordered) - 1)
-        )
+        offset_problem = _offset_problem(ordered, len(text))
         if self.doc.unreadable_text:
             problem = "document_unreadable"
-        elif invalid or ordered[-1][1] > len(text):
-            problem = self.problem(
-                line,
-                "offset_out_of_range",
-                f"offsets {offsets} are empty, overlapping or beyond the text "
-                f"({len(text)} characters)",
-            )
+        elif offset_problem is not None:
+            reason, detail = offset_problem
+            problem = self.problem(line, reason, f"offsets {offsets}: {detail}")
         elif not _mention_matches(text, fragments, mention):
             trimmed = _trim_fragments(text, fragments)
             if trimmed is not None and _mention_matches(text, trimmed, mention):

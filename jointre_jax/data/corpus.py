@@ -18,6 +18,7 @@ from jointre_jax.data.brat import BratFormatError, read_document, read_text
 from jointre_jax.data.encode import Encoder, Example
 from jointre_jax.data.schema import Schema
 from jointre_jax.data.tokenization import load_tokenizer
+from jointre_jax.errors import UserError
 from jointre_jax.evaluation import CorpusGold
 from jointre_jax.labels import make_scheme
 
@@ -82,6 +83,25 @@ def find_documents(brat_dir: str | pathlib.Path, ids=None, split_file=None) -> l
     return sorted(dict.fromkeys(selected))
 
 
+def unpaired_annotations(brat_dir: str | pathlib.Path, ids=None) -> list[pathlib.Path]:
+    """``.ann`` files of ``brat_dir`` without a ``.txt`` beside them (of ``ids`` when given):
+    their annotations cannot be read, so they are counted ("ann_without_txt")."""
+    brat_dir = pathlib.Path(brat_dir)
+    orphans = [p for p in sorted(brat_dir.glob("*.ann")) if not p.with_suffix(".txt").exists()]
+    if ids is not None:
+        wanted = set(ids)
+        orphans = [p for p in orphans if p.stem in wanted or p.stem.split("_", 1)[0] in wanted]
+    return orphans
+
+
+def count_unpaired(accounting: Accounting, orphans: list[pathlib.Path]) -> None:
+    """Adds unpaired ``.ann`` files to ``accounting`` (skipped, with a message each)."""
+    for path in orphans:
+        accounting.skipped["ann_without_txt"] += 1
+        text = path.with_suffix(".txt").name
+        accounting.messages.append(f"{path}: no {text} beside it; not read")
+
+
 def make_encoder(config) -> Encoder:
     """The Encoder that ``config`` describes (schema, tokenizer, length, label scheme)."""
     lowercase = config.model.get("lowercase")
@@ -131,12 +151,17 @@ def split_documents(config, split: str) -> list[pathlib.Path]:
     (``splits/<split>.txt`` over ``brat/``); a missing corpus folder is a clear error."""
     data_dir = pathlib.Path(str(config.data.dir))
     if not str(config.data.dir) or not data_dir.is_dir():
-        raise FileNotFoundError(
+        raise UserError(
             f"corpus folder {str(config.data.dir)!r} not found: set --config.data.dir or "
             "JOINTRE_DATA_DIR to a folder with brat/ and splits/"
         )
     split_file = data_dir / "splits" / f"{split}.txt"
     return find_documents(data_dir / "brat", read_split_ids(split_file), split_file)
+
+
+def split_ids(config, split: str) -> list[str]:
+    """The document-id prefixes of ``split`` (``splits/<split>.txt``)."""
+    return read_split_ids(pathlib.Path(str(config.data.dir)) / "splits" / f"{split}.txt")
 
 
 def load_split(
@@ -151,6 +176,8 @@ def load_split(
     encoder = encoder or make_encoder(config)
     gold = CorpusGold(encoder.schema)
     examples, acc = encode_files(split_documents(config, split), encoder, split, progress, gold)
+    brat_dir = pathlib.Path(str(config.data.dir)) / "brat"
+    count_unpaired(acc, unpaired_annotations(brat_dir, split_ids(config, split)))
     field = "max_train_examples" if split == config.data.train_split else "max_eval_examples"
     limit = int(config.data.get(field, 0) or 0)
     if 0 < limit < len(examples):

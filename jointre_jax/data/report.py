@@ -16,6 +16,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from jointre_jax import cli
 from jointre_jax.data.batching import Batcher, padding_stats
 from jointre_jax.data.corpus import load_split, make_encoder
 
@@ -158,5 +159,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    flags.mark_flag_as_required("config")
-    app.run(main)
+    cli.run(main, "report", required=("config",))

@@ -19,6 +19,9 @@ def load_tokenizer(encoder: str, lowercase: bool | None = None):
     """
     from transformers import AutoTokenizer
 
+    from jointre_jax.model.pretrained import check_encoder
+
+    check_encoder(encoder)  # a missing folder says so, not "malformed repo id"
     kwargs = {} if lowercase is None else {"do_lower_case": bool(lowercase)}
     tokenizer = AutoTokenizer.from_pretrained(encoder, use_fast=True, **kwargs)
     if not tokenizer.is_fast:

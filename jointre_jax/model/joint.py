@@ -279,7 +279,9 @@ class JointModel(nn.Module):
         if self.layer_mix:
             layers = encoder(ids, mask, deterministic=deterministic, all_layers=True)
             weights = jax.nn.softmax(self.layer_weights).astype(layers.dtype)
-            hidden = self.layer_scale.astype(layers.dtype) * jnp.einsum("l,lbtd->btd", weights, layers)
+            hidden = self.layer_scale.astype(layers.dtype) * jnp.einsum(
+                "l,lbtd->btd", weights, layers
+            )
         else:
             hidden = encoder(ids, mask, deterministic=deterministic)
         hidden = self.dropout(hidden, deterministic=deterministic)

@@ -18,9 +18,34 @@ import pathlib
 import numpy as np
 from flax import traverse_util
 
+from jointre_jax.errors import UserError
+
 WEIGHT_FILES = ("flax_model.msgpack", "model.safetensors", "pytorch_model.bin")
 _PREFIXES = ("bert.", "model.")
 _SKIP = ("cls.", "position_ids", "lm_head.", "qa_outputs.", "classifier.")
+
+
+def looks_like_path(encoder: str) -> bool:
+    """True when ``encoder`` names a local folder rather than a hub id (``org/name``): it is
+    absolute, starts with ``.`` or ``~``, has more than one ``/``, or its parent folder exists."""
+    if encoder.startswith((".", "~", os.sep)) or encoder.count("/") > 1:
+        return True
+    parent = pathlib.Path(os.path.expanduser(encoder)).parent
+    return str(parent) not in ("", ".") and parent.is_dir()
+
+
+def check_encoder(encoder: str) -> pathlib.Path | None:
+    """The local folder ``encoder`` names, None for a hub id; UserError for a path that is not
+    there (rather than the hub's complaint about a malformed repo id)."""
+    path = pathlib.Path(os.path.expanduser(encoder))
+    if path.is_dir():
+        return path
+    if looks_like_path(encoder):
+        raise UserError(
+            f"encoder folder {encoder} not found (config.model.encoder): give a folder with "
+            "config.json, weights and tokenizer files, or a hub id such as bert-base-uncased"
+        )
+    return None
 
 
 def resolve_encoder(encoder: str) -> pathlib.Path:
@@ -29,11 +54,9 @@ def resolve_encoder(encoder: str) -> pathlib.Path:
     Hub downloads fetch only the config, weights and tokenizer files (cached by
     huggingface_hub; offline with HF_HUB_OFFLINE=1 once cached).
     """
-    path = pathlib.Path(os.path.expanduser(encoder))
-    if path.is_dir():
+    path = check_encoder(encoder)
+    if path is not None:
         return path
-    if path.is_absolute() or encoder.startswith("."):
-        raise FileNotFoundError(f"encoder directory {encoder} not found")
     from huggingface_hub import snapshot_download
 
     patterns = ["config.json", "*.txt", "*.json", *WEIGHT_FILES]
