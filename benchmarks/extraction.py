@@ -109,6 +109,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)
+    if FLAGS.json:
+        cli.prepare_output(FLAGS.json, "json")  # before the measurements
     extractor = Extractor.from_workdir(FLAGS.workdir)
     if FLAGS.input:
         doc_ids, texts = read_inputs(FLAGS.input)

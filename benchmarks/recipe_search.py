@@ -116,6 +116,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("jointre_jax").setLevel(logging.INFO)
+    cli.prepare_output(FLAGS.out + ".md", "out")  # before the runs
     names = list(RECIPES) if FLAGS.recipes == ["all"] else FLAGS.recipes
     unknown = sorted(set(names) - RECIPES.keys())
     if unknown:

@@ -367,6 +367,8 @@ def print_and_save(results: dict, path: str | None) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.json:
+        cli.prepare_output(FLAGS.json, "json")  # before the measurements
     results = run(
         FLAGS.config, FLAGS.train_batches, FLAGS.infer_batches, FLAGS.rounds,
         FLAGS.threads, FLAGS.encoder_size, not FLAGS.skip_torch, FLAGS.fixed,
