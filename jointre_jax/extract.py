@@ -1,41 +1,59 @@
-"""Extract entities and relations from raw criteria with a trained run.
+"""Extract entities and relations from criteria with a trained run.
 
     python -m jointre_jax.extract --workdir=DIR --input=PATH|- --output=PATH|- \
-        [--format=jsonl|brat|csv] [--grouped=FILE]
+        [--format=jsonl|brat|csv|html] [--input_format=auto|text|ctgov|aact] [--lenient] \
+        [--grouped=FILE]
 
-Input: a text file (one criterion per line), a folder of ``.txt`` files (one document each),
-or ``-`` for standard input. Input must be UTF-8; anything else stops with the file and line of
-the first bad byte. Output:
+Input (``--input_format``, detected from the content by default):
 
-* ``jsonl``: one JSON object per criterion line (``doc_id``, ``line``, ``start``, ``end``,
-  ``text``, ``entities`` [id, type, start, end, text], ``relations`` [type, head, tail,
-  score], ``windows``), offsets into the input document;
-* ``brat``: a folder with ``DOC.txt`` (the input text, byte for byte) and ``DOC.ann`` (T and R
-  lines) per document, which ``jointre_jax.data.brat.read_document`` reads back unchanged;
-* ``csv``: one row per entity and per relation (``kind`` column).
+* plain text: a file (one criterion per line), a folder of ``.txt`` files (one document
+  each), or ``-`` for standard input;
+* ClinicalTrials.gov records (:mod:`jointre_jax.trials`): API v2 study JSON (one study, the
+  search page ``{"studies": [...]}``, JSON lines, or a folder of ``.json`` files), or AACT's
+  ``eligibilities.txt``. Each record's criteria text is split into criteria, each with its
+  ``nct_id``, ``section`` (inclusion, exclusion, none) and ``start``/``end`` offsets in the
+  record's criteria string. A bad record stops with the file and record, or with
+  ``--lenient`` is skipped and counted in the summary.
+
+Input must be UTF-8; anything else stops with the file and line of the first bad byte. Output:
+
+* ``jsonl``: one JSON object per criterion (``doc_id``, ``nct_id``, ``section``, ``line``,
+  ``start``, ``end``, ``text``, ``entities`` [id, type, start, end, text], ``relations``
+  [type, head, tail, score], ``windows``), offsets into the input document (for a record,
+  its criteria string);
+* ``brat``: a folder with ``DOC.txt`` and ``DOC.ann`` (T and R lines) per document, which
+  ``jointre_jax.data.brat.read_document`` reads back unchanged: the input text byte for byte,
+  or for records one document per record and section (``NCT..._inc``, ``NCT..._exc``), a
+  criterion a line;
+* ``csv``: one row per entity and per relation (``kind`` column), with the criterion's
+  ``nct_id``, ``section`` and offsets;
+* ``html``: one self-contained page to review the extraction (:mod:`jointre_jax.review_page`).
 
 ``--grouped=FILE`` also writes the grouped view (``jointre_jax.grouping``), one JSON object per
-criterion. A summary (documents, criteria, blank lines, windowed lines, entities, relations,
-sentences/s) goes to standard error.
+criterion. A summary (records and skips, documents, criteria, blank lines, windowed lines,
+entities, relations, criteria/s) goes to standard error.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import os
 import pathlib
+import re
 import sys
 import time
 
 from absl import app, flags
 from absl import logging as absl_logging
 
-from jointre_jax import cli
+from jointre_jax import cli, review_page, trials
 from jointre_jax.data.brat import BratFormatError, read_text, write_document
 from jointre_jax.data.encode import split_lines
 from jointre_jax.errors import UserError
-from jointre_jax.extraction import DocumentExtraction, Extractor, iter_records
+from jointre_jax.extraction import DocumentExtraction, Extractor, extract_trials, iter_records
 from jointre_jax.grouping import group_criterion
 
 FLAGS = flags.FLAGS
@@ -46,7 +64,14 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training run directory (best checkpoint).")
     flags.DEFINE_string("input", None, "Text file, folder of .txt files, or - (stdin).")
     flags.DEFINE_string("output", None, "Output file (jsonl, csv; - = stdout) or folder.")
-    flags.DEFINE_enum("format", "jsonl", ["jsonl", "brat", "csv"], "Output format.")
+    flags.DEFINE_enum("format", "jsonl", ["jsonl", "brat", "csv", "html"], "Output format.")
+    flags.DEFINE_enum(
+        "input_format", "auto", list(trials.FORMATS),
+        "auto: detected from the content; text: one criterion a line; ctgov: "
+        "ClinicalTrials.gov API v2 study records (JSON, search page, JSON lines, folder); "
+        "aact: AACT's pipe-delimited eligibilities.txt.",
+    )  # fmt: skip
+    flags.DEFINE_bool("lenient", False, "Skip (and count) bad records instead of stopping.")
     flags.DEFINE_string("grouped", None, "Also write the grouped view (JSON lines).")
     flags.DEFINE_integer("num_devices", None, "Devices to use (default: the run's).")
 
@@ -86,29 +111,58 @@ def write_grouped(extractions: list[DocumentExtraction], stream) -> None:
 
 
 def write_csv(extractions: list[DocumentExtraction], stream) -> None:
-    columns = ["kind", "doc_id", "line", "id", "type", "start", "end", "text", "head", "tail"]
+    columns = ["kind", "doc_id", "nct_id", "section", "line", "criterion_start", "criterion_end",
+               "id", "type", "start", "end", "text", "head", "tail", "score"]  # fmt: skip
     writer = csv.writer(stream)
-    writer.writerow([*columns, "score"])
-    for criterion in iter_records(extractions):
-        for e in criterion.entities:
-            writer.writerow(
-                ["entity", criterion.doc_id, criterion.line, e.id, e.type, e.start, e.end,
-                 e.text, "", "", ""]
-            )  # fmt: skip
-        for n, r in enumerate(criterion.relations):
-            writer.writerow(
-                ["relation", criterion.doc_id, criterion.line, f"R{criterion.line}_{n + 1}",
-                 r.type, "", "", "", r.head, r.tail, r.score]
-            )  # fmt: skip
+    writer.writerow(columns)
+    for c in iter_records(extractions):
+        where = [c.doc_id, c.nct_id, c.section, c.line, c.start, c.end]
+        for e in c.entities:
+            writer.writerow(["entity", *where, e.id, e.type, e.start, e.end, e.text, "", "", ""])
+        for n, r in enumerate(c.relations):
+            relation_id = f"R{c.line}_{n + 1}"
+            writer.writerow(["relation", *where, relation_id, r.type, "", "", "", r.head, r.tail,
+                             r.score])  # fmt: skip
 
 
 def write_brat(extractions: list[DocumentExtraction], folder: pathlib.Path) -> None:
+    """One BRAT document per input document; for ClinicalTrials.gov records, one per record
+    and section, named like Chia's (``NCT..._inc``, ``NCT..._exc``), a criterion a line."""
+    if any(c.nct_id for e in extractions for c in e.criteria):
+        extractions = [part for e in extractions for part in by_section(e)]
     for extraction in extractions:
         entities = [(e.id, e.type, [(e.start, e.end)], e.text) for e in extraction.entities]
         relations = [
             (f"R{n + 1}", r.type, r.head, r.tail) for n, r in enumerate(extraction.relations)
         ]
         write_document(extraction.doc_id, extraction.text, entities, relations, folder)
+
+
+def by_section(extraction: DocumentExtraction) -> list[DocumentExtraction]:
+    """A record's extraction as one document per section: its criteria one a line (line breaks
+    inside a criterion become spaces), offsets moved to that text."""
+    parts = []
+    for section in trials.SECTIONS:
+        criteria = [c for c in extraction.criteria if c.section == section]
+        if not criteria:
+            continue
+        doc_id = f"{extraction.doc_id}_{trials.SECTION_SUFFIX[section]}"
+        lines, moved, offset = [], [], 0
+        for number, c in enumerate(criteria, start=1):
+            flat = re.sub(r"[\r\n]", " ", c.text)
+            shift = offset - c.start
+            entities = [
+                dataclasses.replace(e, start=e.start + shift, end=e.end + shift,
+                                    text=flat[e.start - c.start : e.end - c.start])
+                for e in c.entities
+            ]  # fmt: skip
+            moved.append(dataclasses.replace(c, doc_id=doc_id, line=number, start=offset,
+                                             end=offset + len(flat), text=flat,
+                                             entities=entities))  # fmt: skip
+            lines.append(flat)
+            offset += len(flat) + 1
+        parts.append(DocumentExtraction(doc_id, "\n".join(lines) + "\n", moved))
+    return parts
 
 
 def _open(target: str):
@@ -127,13 +181,34 @@ def main(argv):
     cli.prepare_output(FLAGS.output, "output", folder=FLAGS.format == "brat")
     if FLAGS.grouped:
         cli.prepare_output(FLAGS.grouped, "grouped")
-    doc_ids, texts = read_inputs(FLAGS.input)
+    fmt = FLAGS.input_format
+    if fmt == "auto" and FLAGS.input != "-":
+        fmt = (
+            trials.detect_format(pathlib.Path(FLAGS.input)) if os.path.exists(FLAGS.input) else fmt
+        )
+    records = None
+    if fmt in ("ctgov", "aact"):
+        read = trials.read_records(FLAGS.input, fmt, FLAGS.lenient)
+        records = read.records
+        if not records:
+            raise UserError(f"--input={FLAGS.input}: no usable records")
+    else:
+        doc_ids, texts = read_inputs(FLAGS.input)
     extractor = Extractor.from_workdir(FLAGS.workdir, FLAGS.num_devices)
     started = time.perf_counter()
-    extractions = extractor.extract(texts, doc_ids, progress=True)
+    if records is not None:
+        extractions = extract_trials(extractor, records, progress=True)
+        texts = [r.criteria for r in records]
+    else:
+        extractions = extractor.extract(texts, doc_ids, progress=True)
     seconds = time.perf_counter() - started
     if FLAGS.format == "brat":
         write_brat(extractions, pathlib.Path(FLAGS.output))
+    elif FLAGS.format == "html":
+        page = review_page.render(extractions, review_page.run_info(extractor, FLAGS.workdir))
+        stream, close = _open(FLAGS.output)
+        stream.write(page)
+        stream.close() if close else stream.flush()
     else:
         stream, close = _open(FLAGS.output)
         (write_jsonl if FLAGS.format == "jsonl" else write_csv)(extractions, stream)
@@ -144,6 +219,11 @@ def main(argv):
         stream.close() if close else stream.flush()
     criteria = list(iter_records(extractions))
     blank = sum(not t[a:b].strip() for t in texts for _, a, b in split_lines(t) if a < len(t))
+    if records is not None:
+        skipped = ", ".join(f"{k} {v}" for k, v in read.skipped.items()) or "none"
+        print(f"extract: {len(records)} trial records read; skipped: {skipped}", file=sys.stderr)
+        for message in read.messages[:20]:
+            print(f"extract:   {message}", file=sys.stderr)
     print(
         f"extract: {len(extractions)} documents, {len(criteria)} criteria "
         f"({sum(c.windows > 1 for c in criteria)} longer than the model's maximum length, "

@@ -18,7 +18,7 @@ import dataclasses
 import pathlib
 from collections.abc import Iterable, Sequence
 
-from jointre_jax import inference
+from jointre_jax import inference, trials
 from jointre_jax.data.accounting import Accounting
 from jointre_jax.data.brat import Document
 
@@ -56,6 +56,8 @@ class Criterion:
     entities: list[Entity] = dataclasses.field(default_factory=list)
     relations: list[Relation] = dataclasses.field(default_factory=list)
     windows: int = 1  # > 1: the line was longer than the model's maximum length
+    nct_id: str = ""  # the trial of a ClinicalTrials.gov record ("" for plain text)
+    section: str = "none"  # "inclusion", "exclusion" or "none" (plain text: "none")
 
     def to_dict(self) -> dict:
         """JSON-ready dict: the fields above, entities and relations as dicts."""
@@ -157,6 +159,35 @@ class Extractor:
             kind = self.schema.relation_labels[label]
             criterion.relations.append(Relation(kind, ids[head], ids[tail], round(score, 4)))
         return len(ids)
+
+
+def extract_trials(extractor: Extractor, records, progress=False) -> list[DocumentExtraction]:
+    """Entities and relations of ClinicalTrials.gov records (:mod:`jointre_jax.trials`): one
+    DocumentExtraction per record (``doc_id`` its NCT id, ``text`` its criteria string), one
+    Criterion per criterion found, with its ``section`` and its ``start``/``end`` (and every
+    entity's) as offsets into the record's criteria string."""
+    spans = [trials.split_criteria(r.criteria) for r in records]
+    texts = [trials.model_text(r.criteria, s) for r, s in zip(records, spans, strict=True)]
+    results = extractor.extract(texts, [r.nct_id for r in records], progress)
+    for record, found, result in zip(records, spans, results, strict=True):
+        by_line = {c.start + len(c.text) - len(c.text.lstrip()): c for c in result.criteria}
+        criteria = []
+        for span in found:
+            criterion = by_line.pop(span.start, None)
+            if criterion is None:  # a criterion of spaces only: nothing to predict
+                criterion = Criterion(record.nct_id, 0, span.start, span.end, "")
+            criterion.start, criterion.end = span.start, span.end
+            criterion.text = record.criteria[span.start : span.end]
+            criterion.nct_id, criterion.section = record.nct_id, span.section
+            criterion.line = record.criteria.count("\n", 0, span.start) + 1
+            criterion.entities = [
+                dataclasses.replace(e, text=record.criteria[e.start : e.end])
+                for e in criterion.entities
+            ]
+            criteria.append(criterion)
+        assert not by_line, f"{record.nct_id}: criteria the splitter did not find"
+        result.text, result.criteria = record.criteria, criteria
+    return results
 
 
 def iter_records(extractions: Iterable[DocumentExtraction]):

@@ -49,7 +49,8 @@ def _key(relation_type: str) -> str:
 def group_criterion(criterion: Criterion) -> dict:
     """The grouped view of one criterion.
 
-    Returns a dict with ``doc_id``, ``line``, ``text`` and ``records``: one dict per main
+    Returns a dict with ``doc_id``, ``nct_id``, ``section``, ``line``, ``start``, ``end``,
+    ``text`` and ``records``: one dict per main
     entity, ``{"entity": {...}, <attribute key>: [entities], "negated": bool, "links":
     {relation key: [entity ids]}}``, in text order.
     """
@@ -80,8 +81,11 @@ def group_criterion(criterion: Criterion) -> dict:
         records.append(record)
     return {
         "doc_id": criterion.doc_id,
+        "nct_id": criterion.nct_id,
+        "section": criterion.section,
         "line": criterion.line,
         "start": criterion.start,
+        "end": criterion.end,
         "text": criterion.text,
         "records": records,
     }

@@ -1,0 +1,273 @@
+"""ClinicalTrials.gov records in: study records and AACT rows to criteria with their sections.
+
+Readers (:func:`read_records`, format detected from the content or given):
+
+* ``ctgov``: ClinicalTrials.gov API v2 study records: one study JSON, the API's search page
+  ``{"studies": [...]}``, JSON lines (one study a line), or a folder of such files. The
+  criteria text is ``protocolSection.eligibilityModule.eligibilityCriteria`` and the id
+  ``protocolSection.identificationModule.nctId``;
+* ``aact``: AACT's ``eligibilities.txt`` (pipe-delimited, a header with ``nct_id`` and
+  ``criteria``; quoted fields may span lines).
+
+A bad record (not JSON, no eligibility module, empty criteria, an NCT id seen before) is a
+:class:`~jointre_jax.errors.UserError` naming the file and the record (line), or with
+``lenient`` a skip counted by reason.
+
+:func:`split_criteria` turns a record's criteria text into criteria:
+
+* "Inclusion Criteria:" and "Exclusion Criteria:" headers (any case and spacing, "Key ..."
+  allowed, text after the colon kept as a criterion) open the ``inclusion`` and ``exclusion``
+  sections; text before any header belongs to section ``none``;
+* a line starting with a bullet (``*``, ``-``, ``•``, ``·``, ``o``, ``1.``, ``1)``, ``a.``,
+  ``(1)``, ``(a)``) starts a criterion; its text starts after the bullet;
+* a line indented deeper than the start of the open criterion's first line continues it (a
+  criterion wrapped over several lines); any other non-blank line starts a criterion;
+* blank lines end a criterion; other headers (a line in capitals ending with ``:``, such as
+  "DISEASE CHARACTERISTICS:") end it and are not criteria; "Patients with any of:" is a
+  criterion.
+
+Each criterion keeps ``section``, and ``start``/``end``: character offsets of its text (bullet
+excluded, trailing spaces excluded) in the record's original criteria string.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import io
+import json
+import pathlib
+import re
+
+from jointre_jax.data.brat import read_text
+from jointre_jax.errors import UserError
+
+FORMATS = ("auto", "text", "ctgov", "aact")
+SECTIONS = ("inclusion", "exclusion", "none")
+SECTION_SUFFIX = {"inclusion": "inc", "exclusion": "exc", "none": "none"}
+
+_HEADER = re.compile(
+    r"^[ \t]*(?:key[ \t]+|main[ \t]+|general[ \t]+)?(inclusion|exclusion)[ \t]+criteria\b"
+    r"[^:\n]{0,40}?(?::[ \t]*|[ \t]*$)",
+    re.IGNORECASE,
+)
+_BULLET = re.compile(
+    r"^([ \t]*)(?:[*\-•·▪◦‣o]|\d{1,3}[.)]|[a-zA-Z][.)]|\(\d{1,3}\)|\([a-zA-Z]\))[ \t]+"
+)
+_SUBHEADER = re.compile(r"^[ \t]*[^\s*\-•][^:\n]{0,60}:[ \t]*$")  # and no lower-case letter
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRecord:
+    """One study's criteria text, and where it was read (``source``: file and record)."""
+
+    nct_id: str
+    criteria: str
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CriterionSpan:
+    """A criterion of a record: ``criteria[start:end]``, in ``section``."""
+
+    section: str
+    start: int
+    end: int
+
+
+@dataclasses.dataclass
+class ReadResult:
+    """The records read, and what was skipped (lenient), by reason, with a message each."""
+
+    records: list[TrialRecord] = dataclasses.field(default_factory=list)
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    messages: list[str] = dataclasses.field(default_factory=list)
+
+
+def _lines(text: str):
+    """(start, end, next) of every line: ``text[start:end]`` without its line break."""
+    position = 0
+    for match in re.finditer(r"\r\n|\r|\n", text):
+        yield position, match.start(), match.end()
+        position = match.end()
+    if position < len(text):
+        yield position, len(text), len(text)
+
+
+def split_criteria(text: str) -> list[CriterionSpan]:
+    """The criteria of a record's criteria text (see the module docstring)."""
+    spans: list[CriterionSpan] = []
+    section = "none"
+    open_start = open_end = None  # the criterion being read
+    open_indent = 0
+
+    def close():
+        nonlocal open_start, open_end
+        if open_start is not None and open_end > open_start:
+            spans.append(CriterionSpan(section_of_open, open_start, open_end))
+        open_start = open_end = None
+
+    section_of_open = section
+    for start, end, _ in _lines(text):
+        line = text[start:end]
+        if not line.strip():
+            close()
+            continue
+        header = _HEADER.match(line)
+        if header:
+            close()
+            section = header.group(1).lower()
+            rest = start + header.end()
+            if text[rest:end].strip():  # "Inclusion Criteria: adults aged 18 or more"
+                section_of_open, open_start, open_indent = section, rest, rest - start
+                open_end = start + len(line.rstrip())
+            continue
+        indent = len(line) - len(line.lstrip(" \t"))
+        bullet = _BULLET.match(line)
+        if bullet is None and open_start is not None and indent > open_indent:
+            open_end = start + len(line.rstrip())  # a wrapped line of the open criterion
+            continue
+        close()
+        if bullet is None and _SUBHEADER.match(line) and line.upper() == line:
+            continue  # "DISEASE CHARACTERISTICS:", a heading of its own
+        begin = start + (bullet.end() if bullet else indent)
+        section_of_open, open_start, open_indent = section, begin, begin - start
+        if bullet:
+            open_indent = len(bullet.group(1)) + 1  # deeper than the bullet: a continuation
+        open_end = start + len(line.rstrip())
+    close()
+    return spans
+
+
+def model_text(text: str, spans: list[CriterionSpan]) -> str:
+    """``text`` with everything that is not criterion text blanked (spaces), and line breaks
+    inside a criterion turned into spaces, so that each criterion is one line at its own
+    offsets: the model reads one criterion a line, and offsets into it are offsets into
+    ``text``."""
+    out = [" " if c not in "\r\n" else c for c in text]
+    for span in spans:
+        for i in range(span.start, span.end):
+            c = text[i]
+            out[i] = " " if c in "\r\n" else c
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------ readers
+
+
+def detect_format(path: pathlib.Path) -> str:
+    """ "ctgov", "aact" or "text" from the content of ``path`` (a folder: ctgov)."""
+    if path.is_dir():
+        return "ctgov" if any(path.glob("*.json")) else "text"
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    if head.startswith((b"{", b"[")):
+        return "ctgov"
+    first = head.split(b"\n", 1)[0].decode("utf-8", "replace").lower()
+    if "|" in first and "nct_id" in first and "criteria" in first:
+        return "aact"
+    return "text"
+
+
+def read_records(source: str | pathlib.Path, fmt: str = "auto", lenient: bool = False):
+    """The records of ``source`` (file or folder) as a :class:`ReadResult`."""
+    path = pathlib.Path(source)
+    if not path.exists():
+        raise UserError(f"--input={source}: not found")
+    if fmt == "auto":
+        fmt = detect_format(path)
+    if fmt not in ("ctgov", "aact"):
+        raise UserError(f"{source}: not ClinicalTrials.gov records (format {fmt!r})")
+    result, seen = ReadResult(), {}
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    if not files:
+        raise UserError(f"--input={source}: no .json files in this folder")
+    for file in files:
+        entries = _json_entries(file) if fmt == "ctgov" else _aact_entries(file)
+        for where, nct_id, criteria, problem in entries:
+            if problem is None and nct_id in seen:
+                problem = ("duplicate_nct_id", f"{nct_id} already read at {seen[nct_id]}")
+            if problem is not None:
+                reason, message = problem
+                if not lenient:
+                    raise UserError(f"{where}: {message} (--lenient skips and counts such records)")
+                result.skipped[reason] += 1
+                result.messages.append(f"{where}: {message}")
+                continue
+            seen[nct_id] = where
+            result.records.append(TrialRecord(nct_id, criteria, where))
+    return result
+
+
+def _study_fields(study, where: str):
+    """(nct_id, criteria, problem) of one v2 study object."""
+    if not isinstance(study, dict):
+        return "", "", ("not_a_study", "not a study object")
+    protocol = study.get("protocolSection") or {}
+    nct_id = str((protocol.get("identificationModule") or {}).get("nctId") or "").strip()
+    label = f" ({nct_id})" if nct_id else ""
+    if not nct_id:
+        return "", "", ("no_nct_id", "no protocolSection.identificationModule.nctId")
+    module = protocol.get("eligibilityModule")
+    if not isinstance(module, dict):
+        return nct_id, "", ("no_eligibility_module", f"study{label} has no eligibilityModule")
+    criteria = module.get("eligibilityCriteria")
+    if not isinstance(criteria, str) or not criteria.strip():
+        return nct_id, "", ("empty_criteria", f"study{label} has empty eligibilityCriteria")
+    return nct_id, criteria, None
+
+
+def _json_entries(file: pathlib.Path):
+    """(where, nct_id, criteria, problem) of every study of a v2 JSON or JSON-lines file."""
+    text = read_text(file)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as whole_error:
+        lines = [(n, x) for n, x in enumerate(text.splitlines(), start=1) if x.strip()]
+        if len(lines) < 2:  # one broken object: not JSON lines either
+            line = whole_error.lineno
+            yield f"{file}:{line}", "", "", ("not_json", f"not JSON ({whole_error.msg})")
+            return
+        for number, line in lines:  # JSON lines
+            where = f"{file}:{number}"
+            try:
+                study = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield where, "", "", ("not_json", f"not JSON ({err.msg})")
+                continue
+            yield (where, *_study_fields(study, where))
+        return
+    if isinstance(data, dict) and "studies" in data and "protocolSection" not in data:
+        studies = data["studies"] if isinstance(data["studies"], list) else []
+        for number, study in enumerate(studies, start=1):
+            where = f"{file}: study {number}"
+            yield (where, *_study_fields(study, where))
+    elif isinstance(data, list):
+        for number, study in enumerate(data, start=1):
+            where = f"{file}: study {number}"
+            yield (where, *_study_fields(study, where))
+    else:
+        yield (str(file), *_study_fields(data, str(file)))
+
+
+def _aact_entries(file: pathlib.Path):
+    """(where, nct_id, criteria, problem) of every row of AACT's ``eligibilities.txt``."""
+    text = read_text(file)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="|", quotechar='"')
+    header = [h.strip().lower() for h in next(reader, [])]
+    if "nct_id" not in header or "criteria" not in header:
+        raise UserError(f"{file}:1: AACT header needs the columns nct_id and criteria")
+    id_column, criteria_column = header.index("nct_id"), header.index("criteria")
+    for row in reader:
+        where = f"{file}:{reader.line_num}"
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(id_column, criteria_column):
+            yield where, "", "", ("bad_row", f"{len(row)} columns, expected {len(header)}")
+            continue
+        nct_id, criteria = row[id_column].strip(), row[criteria_column]
+        if not criteria.strip():
+            yield where, nct_id, "", ("empty_criteria", f"{nct_id} has empty criteria")
+            continue
+        yield where, nct_id, criteria, None
