@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # why); elsewhere prefer the CPU wheel index (see benchmarks/README.md) over PyPI's CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv test lint format demo report bench bench-extract table4 clean
+.PHONY: venv test lint format demo report bench bench-extract table4 browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,17 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint
+test: lint browser
 	$(PY) -m pytest -q -n 2 tests
+
+# Chromium for the review page's browser test, where it can be installed (root with apt, as in
+# CI); elsewhere that test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; } && \
+	  echo "browser: installed chromium"; } || echo "browser: chromium not installed (the browser test will skip)"
 
 # A short training run: Chia + MiniLM from ../shared when present, else the shipped sample.
 demo: $(STAMP)

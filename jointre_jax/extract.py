@@ -218,7 +218,11 @@ def main(argv):
         write_grouped(extractions, stream)
         stream.close() if close else stream.flush()
     criteria = list(iter_records(extractions))
-    blank = sum(not t[a:b].strip() for t in texts for _, a, b in split_lines(t) if a < len(t))
+    blank = (
+        0
+        if records is not None
+        else sum(not t[a:b].strip() for t in texts for _, a, b in split_lines(t) if a < len(t))
+    )
     if records is not None:
         skipped = ", ".join(f"{k} {v}" for k, v in read.skipped.items()) or "none"
         print(f"extract: {len(records)} trial records read; skipped: {skipped}", file=sys.stderr)

@@ -14,8 +14,10 @@ adds the type filter and the hover links. It holds:
   relations as a compact list whose items light up both of their entities, and the grouped
   view (each main entity with its values, temporal, negation, ...).
 
-1,000 trials make one file of a few megabytes that a browser opens in a second or two: the
-page is plain HTML with one CSS rule per type and no layout work in the script.
+1,000 trials make one file of about 25 MB that a browser shows in a second or two: the page
+is plain HTML with one CSS rule per type, the browser lays out only the trials in view
+(``content-visibility``), and the script does no layout work (``benchmarks/review_page.py``
+measures it).
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ import re
 from jointre_jax.extraction import Criterion, DocumentExtraction
 from jointre_jax.grouping import group_criterion
 
-# Colours of the entity types, in the order types are first met (then repeated).
+# Colours of Chia's entity types; other types take the palette's colours in turn.
+TYPE_COLOURS = {
+    "Condition": "#8dd3c7", "Drug": "#fdb462", "Procedure": "#fccde5", "Measurement": "#bebada",
+    "Observation": "#80b1d3", "Person": "#b3de69", "Device": "#fb8072", "Value": "#ffed6f",
+    "Temporal": "#a6cee3", "Qualifier": "#d9d9d9", "Negation": "#e78ac3", "Multiplier": "#cab2d6",
+    "Reference_point": "#bc80bd", "Mood": "#fdbf6f", "Visit": "#ccebc5",
+}  # fmt: skip
 PALETTE = (
     "#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5",
     "#d9d9d9", "#bc80bd", "#ccebc5", "#ffed6f", "#a6cee3", "#fdbf6f", "#cab2d6", "#b2df8a",
@@ -46,6 +54,7 @@ header .meta{color:#555;font-size:12px}
 .legend{margin-top:8px;display:flex;flex-wrap:wrap;gap:6px 14px}
 .legend label{cursor:pointer;font-size:12px}
 main{padding:8px 20px 40px}
+.doc{content-visibility:auto;contain-intrinsic-size:auto 900px}
 .doc h2{font-size:16px;margin:22px 0 6px;border-bottom:1px solid #eee}
 .doc h3{font-size:13px;margin:10px 0 4px;color:#444;text-transform:uppercase;letter-spacing:.04em}
 .criterion{display:grid;grid-template-columns:minmax(0,3fr) minmax(0,2fr);gap:14px;
@@ -107,7 +116,8 @@ def render(extractions: list[DocumentExtraction], info: dict) -> str:
     for extraction in extractions:
         for entity in extraction.entities:
             types[entity.type] = types.get(entity.type, 0) + 1
-    colours = {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(sorted(types))}
+    others = iter(PALETTE * (1 + len(types) // len(PALETTE)))
+    colours = {t: TYPE_COLOURS.get(t) or next(others) for t in sorted(types)}
     rules = []
     for entity_type, colour in colours.items():
         name = css_name(entity_type)
@@ -224,7 +234,7 @@ def _highlighted(criterion: Criterion, key: str) -> str:
             out.append(html.escape(text[position:start]))
             name = css_name(entity.type)
             out.append(
-                f'<mark class="t-{name}" data-id="{key}-{entity.id}" data-type="{name}" '
+                f'<mark class="t-{name}" data-id="{key}-{entity.id}" '
                 f'title="{html.escape(entity.type)} {entity.id}">'
                 f"{render(start, end, children)}</mark>"
             )

@@ -153,6 +153,26 @@ def model_text(text: str, spans: list[CriterionSpan]) -> str:
     return "".join(out)
 
 
+def study_from_brat(nct_id: str, sections: dict[str, list[str]]) -> dict:
+    """A study record in the API v2 layout around criteria lines (``{"inclusion": [...],
+    "exclusion": [...]}``, as in Chia's ``_inc``/``_exc`` documents): each line a bullet under
+    its section's header. Reading it back gives exactly those lines (tested on Chia)."""
+    blocks = []
+    for section, title in (
+        ("inclusion", "Inclusion Criteria:"),
+        ("exclusion", "Exclusion Criteria:"),
+    ):
+        lines = [x.strip() for x in sections.get(section, []) if x.strip()]
+        if lines:
+            blocks.append(title + "\n\n" + "\n".join(f"  * {x}" for x in lines))
+    return {
+        "protocolSection": {
+            "identificationModule": {"nctId": nct_id},
+            "eligibilityModule": {"eligibilityCriteria": "\n\n".join(blocks)},
+        }
+    }
+
+
 # ------------------------------------------------------------------------ readers
 
 

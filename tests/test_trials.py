@@ -172,11 +172,7 @@ def chia_study_records(folder, count=None):
         for section, suffix in (("inclusion", "inc"), ("exclusion", "exc")):
             text = read_text(chia / "brat" / f"{nct_id}_{suffix}.txt")
             lines[section] = [x.strip() for x in text.splitlines() if x.strip()]
-        criteria = (
-            "Inclusion Criteria:\n\n" + "\n".join(f"  * {x}" for x in lines["inclusion"])
-            + "\n\nExclusion Criteria:\n\n" + "\n".join(f"  * {x}" for x in lines["exclusion"])
-        )  # fmt: skip
-        studies.append(study(nct_id, criteria))
+        studies.append(trials.study_from_brat(nct_id, lines))
         expected[nct_id] = lines
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "search_page.json").write_text(json.dumps({"studies": studies}))
@@ -296,8 +292,8 @@ def page_extraction():
 def test_page_highlights_nested_entities_and_lists_relations():
     page = review_page.render([page_extraction()], {"run": "r", "encoder": "e", "decoder": "span"})
     assert (
-        '<mark class="t-Condition" data-id="c1-T3" data-type="Condition" title="Condition T3">'
-        '<mark class="t-Qualifier" data-id="c1-T4" data-type="Qualifier" title="Qualifier T4">'
+        '<mark class="t-Condition" data-id="c1-T3" title="Condition T3">'
+        '<mark class="t-Qualifier" data-id="c1-T4" title="Qualifier T4">'
         "type 2</mark> diabetes</mark>"
     ) in page
     assert "&amp; &lt;no&gt;" in page  # the text is escaped
