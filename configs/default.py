@@ -4,6 +4,8 @@ Every variant (``minilm_m2.py``, ``biobert_m2.py``, ...) imports this file and o
 what differs. The returned config is locked, so a mistyped ``--config.x=y`` fails.
 """
 
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -43,6 +45,14 @@ CHIA_RELATION_TYPES = (
 )
 
 
+def default_compilation_cache() -> str:
+    """The user's compilation cache folder ("" when JOINTRE_COMPILATION_CACHE is set empty)."""
+    if "JOINTRE_COMPILATION_CACHE" in os.environ:
+        return os.environ["JOINTRE_COMPILATION_CACHE"]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return os.path.join(cache, "jointre_jax", "xla")
+
+
 def get_config() -> ml_collections.ConfigDict:
     """Returns the locked default config (paper hyperparameters, Chia schema)."""
     config = ml_collections.ConfigDict()
@@ -60,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_before_training = True
     # Devices of the mesh (0 = every device of every process; must be 0 with several processes).
     config.num_devices = 0
+    # JAX's persistent compilation cache: a second run of the same shapes compiles nothing.
+    # Empty: off. Default: $JOINTRE_COMPILATION_CACHE, else $XDG_CACHE_HOME (~/.cache)/jointre_jax.
+    config.compilation_cache_dir = default_compilation_cache()
 
     # ------------------------------------------------------------ sharding
     config.sharding = ml_collections.ConfigDict()

@@ -72,6 +72,8 @@ def load_run(
         )
     config = saved_config(config_path)
     apply_overrides(config, overrides or {})
+    # This user's cache (configs/default.py), not the folder of the machine that trained.
+    runtime.use_compilation_cache(default.default_compilation_cache())
     if num_devices is not None:
         config.num_devices = num_devices
     config.sharding.fsdp = 1

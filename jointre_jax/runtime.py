@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
 
 import jax
@@ -114,6 +115,26 @@ def encoder_config(config) -> tuple[BertConfig, pathlib.Path | None]:
     directory = resolve_encoder(str(config.model.encoder))
     bert = BertConfig.from_json(directory / "config.json")
     return bert, (directory if config.model.pretrained else None)
+
+
+def use_compilation_cache(directory: str) -> pathlib.Path | None:
+    """Turns JAX's persistent compilation cache on in ``directory`` (``~`` expanded; created),
+    or off when it is empty. Every compilation is kept, however quick, so that a second run of
+    the same shapes compiles nothing. Returns the folder in use."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    if not directory:
+        jax.config.update("jax_enable_compilation_cache", False)
+        compilation_cache.reset_cache()
+        return None
+    path = pathlib.Path(os.path.expanduser(str(directory)))
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compilation_cache.reset_cache()  # the next compilation opens the cache at ``path``
+    return path
 
 
 def create_model(config, scheme: EntityScheme, num_relations: int, bert: BertConfig):

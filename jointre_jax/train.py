@@ -60,6 +60,7 @@ def metric_value(results: dict, name: str) -> float:
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains the model of ``config`` in ``workdir``; returns the test scores (metrics.json)."""
     workdir = pathlib.Path(workdir)
+    runtime.use_compilation_cache(config.get("compilation_cache_dir", ""))
     is_main = jax.process_index() == 0
     encoder = make_encoder(config)
     train_data = load_split(config, config.data.train_split, encoder)

@@ -14,6 +14,8 @@ os.environ.setdefault(
     str(pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"),
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# The project's own cache setting (configs/default.py): the same folder, never the user's.
+os.environ.setdefault("JOINTRE_COMPILATION_CACHE", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 import pytest  # noqa: E402
 

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs import default
 from jointre_jax import checkpoints, inference, runtime, train
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split, make_encoder
@@ -189,3 +190,35 @@ def test_ner_scorer_agrees_with_seqeval():
     assert ours["f1"] == pytest.approx(seqeval.f1_score(gold_seqs, pred_seqs))
     assert ours["precision"] == pytest.approx(seqeval.precision_score(gold_seqs, pred_seqs))
     assert ours["recall"] == pytest.approx(seqeval.recall_score(gold_seqs, pred_seqs))
+
+
+def test_a_second_run_compiles_nothing_with_the_compilation_cache(tmp_path):
+    """config.compilation_cache_dir: the second run of a config loads every executable from
+    the cache (no cache miss), the first one writes them (no hit: the folder starts empty)."""
+    from jax import monitoring
+
+    events = []
+
+    def listen(event, **kwargs):
+        if event.startswith("/jax/compilation_cache/cache_"):
+            events.append(event)
+
+    monitoring.register_event_listener(listen)
+    try:
+        counts = []
+        for run in ("first", "second"):
+            config = tiny_train_config(tmp_path / run, epochs=1)
+            config.compilation_cache_dir = str(tmp_path / "cache")
+            config.checkpoint_every_steps = 0
+            events.clear()
+            train.train_and_evaluate(config, tmp_path / run / "run")
+            counts.append((events.count("/jax/compilation_cache/cache_hits"),
+                           events.count("/jax/compilation_cache/cache_misses")))  # fmt: skip
+    finally:
+        monitoring.unregister_event_listener(listen)
+        runtime.use_compilation_cache(default.default_compilation_cache())
+    (first_hits, first_misses), (second_hits, second_misses) = counts
+    assert first_misses > 0 and first_hits == 0, counts
+    # In-process, eager ops stay in memory; every jitted step of the new run comes from disk.
+    assert second_misses == 0 and second_hits > 0, counts
+    assert any((tmp_path / "cache").iterdir())
