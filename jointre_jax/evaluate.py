@@ -68,7 +68,7 @@ def problem_lines(results: dict) -> list[str]:
         dropped = data[name]["dropped"]
         if dropped:
             listed = ", ".join(f"{k} {v}" for k, v in dropped.items())
-            lines.append(f"{name} the model cannot represent (scored as misses): {listed}")
+            lines.append(f"{name} dropped from the encoded gold (by reason): {listed}")
     if data["skipped"]:
         listed = ", ".join(f"{k} {v}" for k, v in data["skipped"].items())
         lines.append(f"not read: {listed}; see 'problems' in {FLAGS.out}")
