@@ -226,26 +226,37 @@ def init_params(model: JointModel, rng):
 
 def create_params(config, model: JointModel, weights_dir, mesh: Mesh):
     """Parameters with pre-trained encoder weights merged, created directly on their shardings
-    (a jitted init whose outputs carry the shardings of :func:`parallel.state_shardings`;
-    pre-trained weights are placed shard by shard)."""
+    (pre-trained weights placed shard by shard; the others from a jitted init whose outputs
+    carry the shardings of :func:`parallel.state_shardings`).
+
+    The jitted init returns only the parameters that no pre-trained weight replaces, so XLA
+    drops the random initialisation of the encoder: compiling and running it costs what the
+    new heads cost. Their values are those of a full init (same key, same per-module streams).
+    """
     key = jax.random.key(config.seed)
     abstract = jax.eval_shape(functools.partial(init_params, model), key)
     shardings = parallel.state_shardings(abstract, mesh, config.sharding.fsdp_min_size)
-    params = jax.jit(functools.partial(init_params, model), out_shardings=shardings)(key)
-    if weights_dir is None:
-        return params
-    weights = load_weights(weights_dir)
     merged = abstract
-    for prefix in model.encoder_prefixes():
-        merged = merge_pretrained(merged, weights, prefix)
-    return jax.tree.map(
-        lambda new, fresh, sharding: (
-            parallel.put_global(new, sharding) if isinstance(new, np.ndarray) else fresh
-        ),
-        merged,
-        params,
-        shardings,
-    )
+    if weights_dir is not None:
+        weights = load_weights(weights_dir)
+        for prefix in model.encoder_prefixes():
+            merged = merge_pretrained(merged, weights, prefix)
+    flat, treedef = jax.tree.flatten(merged)
+    fresh_at = [i for i, leaf in enumerate(flat) if not isinstance(leaf, np.ndarray)]
+    flat_shardings = jax.tree.leaves(shardings)
+
+    def init_fresh(key):
+        leaves = jax.tree.leaves(init_params(model, key))
+        return [leaves[i] for i in fresh_at]
+
+    fresh = jax.jit(init_fresh, out_shardings=[flat_shardings[i] for i in fresh_at])(key)
+    leaves = list(flat)
+    for i, value in zip(fresh_at, fresh, strict=True):
+        leaves[i] = value
+    for i, leaf in enumerate(leaves):
+        if isinstance(leaf, np.ndarray):
+            leaves[i] = parallel.put_global(leaf, flat_shardings[i])
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def create_state(config, model: JointModel, weights_dir, total_steps: int, mesh: Mesh):

@@ -222,3 +222,30 @@ def test_a_second_run_compiles_nothing_with_the_compilation_cache(tmp_path):
     # In-process, eager ops stay in memory; every jitted step of the new run comes from disk.
     assert second_misses == 0 and second_hits > 0, counts
     assert any((tmp_path / "cache").iterdir())
+
+
+def test_fresh_parameters_equal_a_full_init_with_pretrained_weights_merged(tmp_path):
+    """create_params initialises only what no pre-trained weight replaces, and gets the same
+    values as a full init followed by the merge."""
+    from flax import serialization
+
+    from jointre_jax.model.bert import BertModel
+    from jointre_jax.model.pretrained import load_weights, merge_pretrained
+
+    config = tiny_train_config(tmp_path)
+    config.model.pretrained = True
+    config.model.max_entities = 8
+    encoder = make_encoder(config)
+    bert, weights_dir = runtime.encoder_config(config)
+    ids = np.zeros((1, 4), np.int32)  # "pre-trained" weights: another seed's encoder
+    weights = BertModel(bert).init(jax.random.key(7), ids, ids > -1)["params"]
+    (weights_dir / "flax_model.msgpack").write_bytes(serialization.to_bytes(weights))
+    assert weights_dir is not None
+    model = runtime.create_model(config, encoder.scheme, encoder.schema.num_relation_labels, bert)
+    mesh = runtime.make_mesh(config)
+    params = runtime.create_params(config, model, weights_dir, mesh)
+    full = runtime.init_params(model, jax.random.key(config.seed))
+    merged = merge_pretrained(full, load_weights(weights_dir), ("encoder",))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(merged), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert set(params) == set(full) and "ner" in params and "encoder" in params
