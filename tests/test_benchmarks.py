@@ -32,6 +32,9 @@ def test_throughput_reports_every_figure(tmp_path, with_torch):
     assert results["compile"]["train_shapes"] == 1 + len(
         {p.length for p in throughput.sample_batches(batcher, batcher.epoch_plan(0), 2)}
     )  # the sampled bucket shapes plus the fixed-length one
+    compile_ = results["compile"]
+    assert 0 < compile_["first_step_seconds"] < 600  # from process start, jax import included
+    assert compile_["total_seconds"] >= compile_["train_seconds"] > 0
     assert 0 < results["bucketing"]["fixed_real_token_fraction"] < 1
     assert (
         results["bucketing"]["real_token_fraction"]
