@@ -11,7 +11,8 @@ candidates in order and says, in one line each, which one it could not read and 
   first; :class:`~jointre_jax.errors.CheckpointError` when none is readable;
 * training resume (:func:`restore_latest`): the latest step, then the earlier ones kept
   (``keep``); an unreadable step is moved aside (``unreadable-<step>``) so that training can
-  save that step again; with none readable, training starts afresh, with a warning.
+  save that step again; with none readable, training starts afresh, with a warning, and the
+  best checkpoints of the earlier run are moved aside too (:func:`set_aside`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,19 @@ def restore_latest(directory: pathlib.Path, state):
     return None
 
 
+def set_aside(directory: pathlib.Path, reason: str) -> None:
+    """Moves every step of ``directory`` aside (``earlier-<step>``), saying why: a run that
+    starts afresh must not later read a best checkpoint of an earlier run (another model)."""
+    directory = pathlib.Path(directory)
+    for step in steps(directory):
+        aside, n = directory / f"earlier-{step}", 1
+        while aside.exists():
+            n += 1
+            aside = directory / f"earlier-{step}-{n}"
+        (directory / str(step)).rename(aside)
+        log.warning("%s: checkpoint %s moved to %s", reason, directory / str(step), aside.name)
+
+
 def restore_params(path: pathlib.Path, params):
     """The parameters of the checkpoint at ``path`` (a step folder), onto ``params``'
     shardings; the optimiser moments are not read."""
@@ -126,6 +140,9 @@ def restore_run_params(workdir: pathlib.Path, params):
 
 def describe(err: BaseException) -> str:
     """One line on why a checkpoint could not be read (the innermost cause, shortened)."""
+    text = str(err)
+    if "tree structures do not match" in text or "not compatible with the stored shape" in text:
+        return "its parameters do not match this model: saved with another config?"
     while err.__cause__ is not None:
         err = err.__cause__
     lines = [x.strip() for x in str(err).splitlines() if x.strip()]

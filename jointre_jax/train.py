@@ -23,7 +23,13 @@ import jax
 from tqdm.auto import tqdm
 
 from jointre_jax import parallel, runtime
-from jointre_jax.checkpoints import checkpoint_manager, restore, restore_latest, save
+from jointre_jax.checkpoints import (
+    checkpoint_manager,
+    restore,
+    restore_latest,
+    save,
+    set_aside,
+)
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.evaluation import evaluate
@@ -95,6 +101,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if resumed is not None:
         state, meta = resumed
         resumed_sums = meta.pop("epoch_sums", None)  # of the epoch the step falls in
+    else:  # afresh: a best checkpoint left in the workdir is an earlier run's
+        set_aside(workdir / "best", "starting afresh")
         log.info("resumed from step %d of %d", int(state.step), total_steps)
     latest = checkpoint_manager(workdir / "checkpoints", keep=2)  # a step to fall back on
     best = checkpoint_manager(workdir / "best")

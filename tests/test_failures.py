@@ -228,3 +228,23 @@ def test_suggestions_for_mistyped_fields():
     assert cli.suggest("modl.encoder", fields)[0] == "model.encoder"
     assert cli.suggest("optim.learning_rte", fields) == ["optim.learning_rate"]
     assert cli.suggest("zzz", fields) == []  # nothing close: no suggestion at all
+
+
+def test_a_checkpoint_of_another_model_is_named_as_such(trained, tmp_path, caplog):
+    config, _ = trained
+    run = copy_run(trained, tmp_path)
+    other = config.copy_and_resolve_references()
+    other.model.pair_hidden_dim = 8  # another head size: the saved tree does not fit
+    saved = json.loads((run / "config.json").read_text())
+    saved["model"]["pair_hidden_dim"] = 8
+    (run / "config.json").write_text(json.dumps(saved))
+    with caplog.at_level(logging.WARNING, logger="jointre_jax.checkpoints"):
+        assert checkpoints.restore_latest(run / "checkpoints", train_state_like(other, run)) is None
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "do not match this model: saved with another config?" in messages
+    assert "starts afresh" in messages
+    # Training in that workdir starts afresh, sets the earlier run's best checkpoint aside, and
+    # scores its own best epoch.
+    results = train.train_and_evaluate(other, run)
+    assert list((run / "best").glob("earlier-*")) and checkpoints.steps(run / "best")
+    assert json.loads((run / "metrics.json").read_text())["ner"] == results["ner"]
