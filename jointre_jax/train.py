@@ -25,10 +25,12 @@ from tqdm.auto import tqdm
 from jointre_jax import parallel, runtime
 from jointre_jax.checkpoints import (
     checkpoint_manager,
+    describe,
     restore,
     restore_latest,
     save,
     set_aside,
+    steps,
 )
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split, make_encoder
@@ -101,9 +103,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if resumed is not None:
         state, meta = resumed
         resumed_sums = meta.pop("epoch_sums", None)  # of the epoch the step falls in
-    else:  # afresh: a best checkpoint left in the workdir is an earlier run's
-        set_aside(workdir / "best", "starting afresh")
         log.info("resumed from step %d of %d", int(state.step), total_steps)
+    # A best checkpoint beyond the starting step is an earlier run's (another model, maybe):
+    # this run must never score it. Afresh, that is every one.
+    start_step = int(state.step) if resumed is not None else 0
+    for step in steps(workdir / "best"):
+        if step > start_step or resumed is None:
+            set_aside(workdir / "best", "not saved by this run")
+            break
     latest = checkpoint_manager(workdir / "checkpoints", keep=2)  # a step to fall back on
     best = checkpoint_manager(workdir / "best")
 
@@ -173,7 +180,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         save(latest, step, state, meta)
     test_data = load_split(config, config.data.test_split, encoder)
     if best.latest_step() is not None:
-        state, meta = restore(best, state)  # written by this run just now
+        try:
+            state, meta = restore(best, state)  # written by this run
+        except Exception as err:  # noqa: BLE001 - damaged, or left by an earlier run
+            log.warning("best checkpoint unreadable (%s): scoring the last epoch's parameters",
+                        describe(err))  # fmt: skip
+            meta = {"best_metric": None, "best_epoch": config.num_epochs}
     results = scores(test_data, "test")
     results["best_epoch"] = meta["best_epoch"]
     results["dev_" + best_metric_name(config)] = meta["best_metric"]

@@ -248,3 +248,17 @@ def test_a_checkpoint_of_another_model_is_named_as_such(trained, tmp_path, caplo
     results = train.train_and_evaluate(other, run)
     assert list((run / "best").glob("earlier-*")) and checkpoints.steps(run / "best")
     assert json.loads((run / "metrics.json").read_text())["ner"] == results["ner"]
+
+
+def test_a_finished_run_with_a_damaged_best_checkpoint_scores_its_last_epoch(
+    trained, tmp_path, caplog
+):
+    config, _ = trained
+    run = copy_run(trained, tmp_path)
+    (step,) = checkpoints.steps(run / "best")
+    truncate(run / "best" / str(step) / "state" / "_METADATA")
+    with caplog.at_level(logging.WARNING, logger="jointre_jax.train"):
+        results = train.train_and_evaluate(config, run)  # resumes at the end: scoring only
+    assert any("scoring the last epoch's parameters" in r.getMessage() for r in caplog.records)
+    assert results["best_epoch"] == config.num_epochs
+    assert json.loads((run / "metrics.json").read_text())["ner"] == results["ner"]
