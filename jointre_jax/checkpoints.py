@@ -108,8 +108,19 @@ def restore_params(path: pathlib.Path, params):
         args=ocp.args.PyTreeRestore(
             {"params": abstract}, restore_args={"params": restore_args}, partial_restore=True
         ),
-    )
-    return restored["params"]
+    )["params"]
+    # A partial restore leaves what the checkpoint lacks as placeholders: another model's.
+    missing = [
+        "/".join(str(getattr(k, "key", k)) for k in keys)
+        for keys, leaf in jax.tree_util.tree_leaves_with_path(restored)
+        if not isinstance(leaf, jax.Array)
+    ]
+    if missing:
+        raise ValueError(
+            f"tree structures do not match: the checkpoint lacks {len(missing)} parameters "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
+        )
+    return restored
 
 
 def restore_run_params(workdir: pathlib.Path, params):

@@ -262,3 +262,12 @@ def test_a_finished_run_with_a_damaged_best_checkpoint_scores_its_last_epoch(
     assert any("scoring the last epoch's parameters" in r.getMessage() for r in caplog.records)
     assert results["best_epoch"] == config.num_epochs
     assert json.loads((run / "metrics.json").read_text())["ner"] == results["ner"]
+
+
+def test_inference_never_predicts_with_parameters_a_checkpoint_lacks(trained, tmp_path):
+    """A partial restore of another model's checkpoint would leave placeholders for the
+    parameters it lacks; every checkpoint of the run is then refused, saying why."""
+    run = copy_run(trained, tmp_path)
+    with pytest.raises(CheckpointError, match="do not match this model") as caught:
+        inference.load_run(run, overrides={"model.layer_mix": True})  # adds layer_weights
+    assert str(caught.value).count("do not match this model") == 3
