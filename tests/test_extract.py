@@ -10,13 +10,13 @@ import sys
 import pytest
 
 from benchmarks import extraction as extraction_benchmark
-from jointre_jax import extract, train
+from jointre_jax import extract
 from jointre_jax.data.brat import BratFormatError, read_document
 from jointre_jax.errors import UserError
 from jointre_jax.extraction import Criterion, Entity, Extractor, Relation
 from jointre_jax.grouping import group_criterion
 from tests.conftest import REPO
-from tests.test_train import tiny_train_config
+from tests.test_train import train_tiny
 
 LONG = (
     "patients with type 2 diabetes and hba1c > 7 % within the last 3 months and no history "
@@ -30,12 +30,8 @@ TEXT = (
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("extract")
-    config = tiny_train_config(root, epochs=20)
-    config.data.max_length = 12  # so that the long line needs several windows
-    config.checkpoint_every_steps = 0
-    train.train_and_evaluate(config, root / "run")
-    return root / "run"
+    # A maximum length of 12 wordpieces, so that the long line needs several windows.
+    return train_tiny(tmp_path_factory.mktemp("extract"), max_length=12)[1]
 
 
 def test_offsets_index_the_input_exactly_and_long_lines_are_windowed(run_dir):

@@ -17,18 +17,15 @@ import pytest
 from jointre_jax import checkpoints, cli, inference, train
 from jointre_jax.errors import CheckpointError
 from tests.conftest import REPO, override_flags, t_line, write_brat
-from tests.test_train import tiny_train_config
+from tests.test_train import train_tiny
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(config, run folder) of a tiny run: best/ holds one step, checkpoints/ two."""
-    root = tmp_path_factory.mktemp("failures")
-    config = tiny_train_config(root, epochs=2)
-    config.checkpoint_every_steps = 1
-    train.train_and_evaluate(config, root / "run")
-    assert len(checkpoints.steps(root / "run" / "checkpoints")) == 2
-    return config, root / "run"
+    config, run = train_tiny(tmp_path_factory.mktemp("failures"), 2, checkpoint_every_steps=1)
+    assert len(checkpoints.steps(run / "checkpoints")) == 2
+    return config, run
 
 
 def copy_run(trained, tmp_path):

@@ -34,6 +34,17 @@ def tiny_train_config(root, epochs=25, method="joint", negatives="gs-based", dec
     return config
 
 
+def train_tiny(root, epochs=20, checkpoint_every_steps=0, **data):
+    """(config, run folder) of a tiny joint BIO run trained in ``root / "run"``; ``data``
+    overrides fields of ``config.data``."""
+    config = tiny_train_config(root, epochs=epochs)
+    config.checkpoint_every_steps = checkpoint_every_steps
+    for key, value in data.items():
+        config.data[key] = value
+    train.train_and_evaluate(config, root / "run")
+    return config, root / "run"
+
+
 @pytest.mark.parametrize(
     "method, negatives, decoder",
     [

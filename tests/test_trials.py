@@ -18,7 +18,7 @@ from jointre_jax.data.brat import read_document, read_text
 from jointre_jax.errors import UserError
 from jointre_jax.extraction import Criterion, DocumentExtraction, Entity, Relation
 from tests.conftest import REPO, SHARED
-from tests.test_train import tiny_train_config
+from tests.test_train import train_tiny
 
 
 def found(text):
@@ -195,13 +195,7 @@ def test_chia_derived_records_give_back_chia_lines(tmp_path):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from jointre_jax import train
-
-    root = tmp_path_factory.mktemp("trials")
-    config = tiny_train_config(root, epochs=20)
-    config.checkpoint_every_steps = 0
-    train.train_and_evaluate(config, root / "run")
-    return root / "run"
+    return train_tiny(tmp_path_factory.mktemp("trials"))[1]
 
 
 RECORD_TEXT = (
