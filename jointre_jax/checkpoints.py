@@ -65,6 +65,20 @@ def restore(manager, state, step: int | None = None):
     return restored["state"], restored["meta"]
 
 
+class ModelMismatch(ValueError):
+    """A checkpoint whose parameters are not those of the model restoring it."""
+
+
+def _move_aside(directory: pathlib.Path, step: int, prefix: str) -> pathlib.Path:
+    """Renames step folder ``step`` of ``directory`` to a free ``<prefix>-<step>[-n]``."""
+    aside, n = directory / f"{prefix}-{step}", 1
+    while aside.exists():  # an earlier run may have set that step aside already
+        n += 1
+        aside = directory / f"{prefix}-{step}-{n}"
+    (directory / str(step)).rename(aside)
+    return aside
+
+
 def restore_latest(directory: pathlib.Path, state):
     """(state, meta) of the newest readable step of ``directory``, or None when there is no
     step or none can be read (each unreadable one is logged and moved aside)."""
@@ -73,29 +87,24 @@ def restore_latest(directory: pathlib.Path, state):
         try:
             return restore(checkpoint_manager(directory), state, step)
         except Exception as err:  # noqa: BLE001 - any damage to the files: try the next one
-            aside, n = directory / f"unreadable-{step}", 1
-            while aside.exists():  # an earlier resume may have set one aside already
-                n += 1
-                aside = directory / f"unreadable-{step}-{n}"
+            aside = _move_aside(directory, step, "unreadable")
             log.warning("checkpoint %s is unreadable (%s); moved to %s", directory / str(step),
                         describe(err), aside.name)  # fmt: skip
-            (directory / str(step)).rename(aside)
     if any(p.name.startswith("unreadable-") for p in directory.glob("*")):
         log.warning("no readable checkpoint in %s: training starts afresh", directory)
     return None
 
 
-def set_aside(directory: pathlib.Path, reason: str) -> None:
-    """Moves every step of ``directory`` aside (``earlier-<step>``), saying why: a run that
-    starts afresh must not later read a best checkpoint of an earlier run (another model)."""
+def set_aside(directory: pathlib.Path, reason: str, after: int = -1) -> None:
+    """Moves the steps of ``directory`` beyond ``after`` aside (``earlier-<step>``), saying
+    why: a run must never read a checkpoint it did not save (an earlier run's, maybe of
+    another model)."""
     directory = pathlib.Path(directory)
     for step in steps(directory):
-        aside, n = directory / f"earlier-{step}", 1
-        while aside.exists():
-            n += 1
-            aside = directory / f"earlier-{step}-{n}"
-        (directory / str(step)).rename(aside)
-        log.warning("%s: checkpoint %s moved to %s", reason, directory / str(step), aside.name)
+        if step > after:
+            aside = _move_aside(directory, step, "earlier")
+            log.warning("%s: checkpoint %s moved to %s", reason, directory / str(step),
+                        aside.name)  # fmt: skip
 
 
 def restore_params(path: pathlib.Path, params):
@@ -116,8 +125,8 @@ def restore_params(path: pathlib.Path, params):
         if not isinstance(leaf, jax.Array)
     ]
     if missing:
-        raise ValueError(
-            f"tree structures do not match: the checkpoint lacks {len(missing)} parameters "
+        raise ModelMismatch(
+            f"the checkpoint lacks {len(missing)} parameters "
             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
         )
     return restored
@@ -151,8 +160,12 @@ def restore_run_params(workdir: pathlib.Path, params):
 
 def describe(err: BaseException) -> str:
     """One line on why a checkpoint could not be read (the innermost cause, shortened)."""
-    text = str(err)
-    if "tree structures do not match" in text or "not compatible with the stored shape" in text:
+    text = str(err)  # orbax's own words for a tree or a shape that does not fit
+    orbax_mismatch = any(
+        words in text
+        for words in ("tree structures do not match", "not compatible with the stored shape")
+    )
+    if isinstance(err, ModelMismatch) or orbax_mismatch:
         return "its parameters do not match this model: saved with another config?"
     while err.__cause__ is not None:
         err = err.__cause__

@@ -30,7 +30,6 @@ from jointre_jax.checkpoints import (
     restore_latest,
     save,
     set_aside,
-    steps,
 )
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split, make_encoder
@@ -106,11 +105,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         log.info("resumed from step %d of %d", int(state.step), total_steps)
     # A best checkpoint beyond the starting step is an earlier run's (another model, maybe):
     # this run must never score it. Afresh, that is every one.
-    start_step = int(state.step) if resumed is not None else 0
-    for step in steps(workdir / "best"):
-        if step > start_step or resumed is None:
-            set_aside(workdir / "best", "not saved by this run")
-            break
+    start = int(state.step) if resumed is not None else -1
+    set_aside(workdir / "best", "not saved by this run", after=start)
     latest = checkpoint_manager(workdir / "checkpoints", keep=2)  # a step to fall back on
     best = checkpoint_manager(workdir / "best")
 
