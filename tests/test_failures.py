@@ -19,10 +19,6 @@ from jointre_jax.errors import CheckpointError
 from tests.conftest import REPO, override_flags, t_line, write_brat
 from tests.test_train import train_tiny
 
-# orbax leaves its read coroutines un-awaited when a restore fails on a damaged file (what these
-# tests do on purpose); Python reports them when they are collected.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
