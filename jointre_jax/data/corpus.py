@@ -146,9 +146,9 @@ def encode_files(
     return examples, total
 
 
-def split_documents(config, split: str) -> list[pathlib.Path]:
-    """The ``.txt`` paths of ``split``'s documents in the corpus at ``config.data.dir``
-    (``splits/<split>.txt`` over ``brat/``); a missing corpus folder is a clear error."""
+def _split(config, split: str) -> tuple[pathlib.Path, list[str], pathlib.Path]:
+    """(``brat/`` folder, document-id prefixes, split file) of ``split`` in the corpus at
+    ``config.data.dir``; a missing corpus folder is a clear error."""
     data_dir = pathlib.Path(str(config.data.dir))
     if not str(config.data.dir) or not data_dir.is_dir():
         raise UserError(
@@ -156,12 +156,13 @@ def split_documents(config, split: str) -> list[pathlib.Path]:
             "JOINTRE_DATA_DIR to a folder with brat/ and splits/"
         )
     split_file = data_dir / "splits" / f"{split}.txt"
-    return find_documents(data_dir / "brat", read_split_ids(split_file), split_file)
+    return data_dir / "brat", read_split_ids(split_file), split_file
 
 
-def split_ids(config, split: str) -> list[str]:
-    """The document-id prefixes of ``split`` (``splits/<split>.txt``)."""
-    return read_split_ids(pathlib.Path(str(config.data.dir)) / "splits" / f"{split}.txt")
+def split_documents(config, split: str) -> list[pathlib.Path]:
+    """The ``.txt`` paths of ``split``'s documents in the corpus at ``config.data.dir``
+    (``splits/<split>.txt`` over ``brat/``)."""
+    return find_documents(*_split(config, split))
 
 
 def load_split(
@@ -175,9 +176,10 @@ def load_split(
     """
     encoder = encoder or make_encoder(config)
     gold = CorpusGold(encoder.schema)
-    examples, acc = encode_files(split_documents(config, split), encoder, split, progress, gold)
-    brat_dir = pathlib.Path(str(config.data.dir)) / "brat"
-    count_unpaired(acc, unpaired_annotations(brat_dir, split_ids(config, split)))
+    brat_dir, ids, split_file = _split(config, split)
+    paths = find_documents(brat_dir, ids, split_file)
+    examples, acc = encode_files(paths, encoder, split, progress, gold)
+    count_unpaired(acc, unpaired_annotations(brat_dir, ids))
     field = "max_train_examples" if split == config.data.train_split else "max_eval_examples"
     limit = int(config.data.get(field, 0) or 0)
     if 0 < limit < len(examples):
