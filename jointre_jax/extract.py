@@ -42,7 +42,6 @@ import io
 import json
 import os
 import pathlib
-import re
 import sys
 import time
 
@@ -149,7 +148,7 @@ def by_section(extraction: DocumentExtraction) -> list[DocumentExtraction]:
         doc_id = f"{extraction.doc_id}_{trials.SECTION_SUFFIX[section]}"
         lines, moved, offset = [], [], 0
         for number, c in enumerate(criteria, start=1):
-            flat = re.sub(r"[\r\n]", " ", c.text)
+            flat = trials.one_line(c.text)
             shift = offset - c.start
             entities = [
                 dataclasses.replace(e, start=e.start + shift, end=e.end + shift,
@@ -165,11 +164,17 @@ def by_section(extraction: DocumentExtraction) -> list[DocumentExtraction]:
     return parts
 
 
-def _open(target: str):
+def _write(target: str, write) -> None:
+    """``write(stream)`` into ``target``: standard output for ``-``, else the file (whose
+    folder :func:`jointre_jax.cli.prepare_output` made before the work)."""
     if target == "-":
-        return io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline=""), False
-    pathlib.Path(target).parent.mkdir(parents=True, exist_ok=True)
-    return open(target, "w", encoding="utf-8", newline=""), True
+        stream = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+        write(stream)
+        stream.flush()
+        stream.detach()  # standard output stays open
+        return
+    with open(target, "w", encoding="utf-8", newline="") as stream:
+        write(stream)
 
 
 def main(argv):
@@ -206,17 +211,12 @@ def main(argv):
         write_brat(extractions, pathlib.Path(FLAGS.output))
     elif FLAGS.format == "html":
         page = review_page.render(extractions, review_page.run_info(extractor, FLAGS.workdir))
-        stream, close = _open(FLAGS.output)
-        stream.write(page)
-        stream.close() if close else stream.flush()
+        _write(FLAGS.output, lambda stream: stream.write(page))
     else:
-        stream, close = _open(FLAGS.output)
-        (write_jsonl if FLAGS.format == "jsonl" else write_csv)(extractions, stream)
-        stream.close() if close else stream.flush()
+        writer = write_jsonl if FLAGS.format == "jsonl" else write_csv
+        _write(FLAGS.output, lambda stream: writer(extractions, stream))
     if FLAGS.grouped:
-        stream, close = _open(FLAGS.grouped)
-        write_grouped(extractions, stream)
-        stream.close() if close else stream.flush()
+        _write(FLAGS.grouped, lambda stream: write_grouped(extractions, stream))
     criteria = list(iter_records(extractions))
     blank = (
         0

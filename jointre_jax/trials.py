@@ -55,6 +55,7 @@ _HEADER = re.compile(
 _BULLET = re.compile(
     r"^([ \t]*)(?:[*\-•·▪◦‣o]|\d{1,3}[.)]|[a-zA-Z][.)]|\(\d{1,3}\)|\([a-zA-Z]\))[ \t]+"
 )
+_LINE_BREAKS_TO_SPACES = str.maketrans("\r\n", "  ")
 _SUBHEADER = re.compile(r"^[ \t]*[^\s*\-•][^:\n]{0,60}:[ \t]*$")  # and no lower-case letter
 
 
@@ -145,12 +146,18 @@ def model_text(text: str, spans: list[CriterionSpan]) -> str:
     inside a criterion turned into spaces, so that each criterion is one line at its own
     offsets: the model reads one criterion a line, and offsets into it are offsets into
     ``text``."""
-    out = [" " if c not in "\r\n" else c for c in text]
-    for span in spans:
-        for i in range(span.start, span.end):
-            c = text[i]
-            out[i] = " " if c in "\r\n" else c
+    out, position = [], 0
+    for span in spans:  # in text order, apart
+        out.append(re.sub(r"[^\r\n]", " ", text[position : span.start]))
+        out.append(one_line(text[span.start : span.end]))
+        position = span.end
+    out.append(re.sub(r"[^\r\n]", " ", text[position:]))
     return "".join(out)
+
+
+def one_line(text: str) -> str:
+    """``text`` with each line break character (``\\r``, ``\\n``) a space: same offsets."""
+    return text.translate(_LINE_BREAKS_TO_SPACES)
 
 
 def study_from_brat(nct_id: str, sections: dict[str, list[str]]) -> dict:
@@ -220,7 +227,7 @@ def read_records(source: str | pathlib.Path, fmt: str = "auto", lenient: bool = 
     return result
 
 
-def _study_fields(study, where: str):
+def _study_fields(study):
     """(nct_id, criteria, problem) of one v2 study object."""
     if not isinstance(study, dict):
         return "", "", ("not_a_study", "not a study object")
@@ -256,19 +263,17 @@ def _json_entries(file: pathlib.Path):
             except json.JSONDecodeError as err:
                 yield where, "", "", ("not_json", f"not JSON ({err.msg})")
                 continue
-            yield (where, *_study_fields(study, where))
+            yield (where, *_study_fields(study))
         return
     if isinstance(data, dict) and "studies" in data and "protocolSection" not in data:
-        studies = data["studies"] if isinstance(data["studies"], list) else []
-        for number, study in enumerate(studies, start=1):
-            where = f"{file}: study {number}"
-            yield (where, *_study_fields(study, where))
+        studies = data["studies"] if isinstance(data["studies"], list) else []  # search page
     elif isinstance(data, list):
-        for number, study in enumerate(data, start=1):
-            where = f"{file}: study {number}"
-            yield (where, *_study_fields(study, where))
-    else:
-        yield (str(file), *_study_fields(data, str(file)))
+        studies = data
+    else:  # one study
+        yield (str(file), *_study_fields(data))
+        return
+    for number, study in enumerate(studies, start=1):
+        yield (f"{file}: study {number}", *_study_fields(study))
 
 
 def _aact_entries(file: pathlib.Path):
