@@ -32,10 +32,13 @@ EXIT_USER_ERROR = 2
 FLAGS = flags.FLAGS
 
 
-def verbose() -> bool:
-    """True when tracebacks are asked for (``--verbose`` or ``JOINTRE_VERBOSE=1``)."""
+def verbose(argv: list[str] | None = None) -> bool:
+    """True when tracebacks are asked for (``--verbose`` or ``JOINTRE_VERBOSE=1``); before the
+    flags are parsed, read ``--verbose`` from ``argv``."""
     if os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
         return True
+    if argv is not None:
+        return "--verbose" in argv
     return "verbose" in FLAGS and FLAGS["verbose"].present and bool(FLAGS.verbose)
 
 
@@ -70,11 +73,10 @@ def _guarded(main, program: str, argv):
 
 def parse_flags(program: str, required: tuple[str, ...], argv: list[str]) -> list[str]:
     """Parses flags; a bad flag, a missing required one or a mistyped config field is one line."""
-    verbose_asked = "--verbose" in argv or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
     try:
         rest = FLAGS(argv)
     except Exception as err:  # noqa: BLE001 - every parse failure is the user's flags
-        if verbose_asked:
+        if verbose(argv):
             raise
         fail(program, _flag_error_message(argv, err))
     _check_config_loaded(program)
