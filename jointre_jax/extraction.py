@@ -179,7 +179,7 @@ def extract_trials(extractor: Extractor, records, progress=False) -> list[Docume
             criterion.start, criterion.end = span.start, span.end
             criterion.text = record.criteria[span.start : span.end]
             criterion.nct_id, criterion.section = record.nct_id, span.section
-            criterion.line = record.criteria.count("\n", 0, span.start) + 1
+            criterion.line = span.line
             criterion.entities = [
                 dataclasses.replace(e, text=record.criteria[e.start : e.end])
                 for e in criterion.entities

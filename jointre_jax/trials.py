@@ -41,6 +41,7 @@ import pathlib
 import re
 
 from jointre_jax.data.brat import read_text
+from jointre_jax.data.encode import split_lines
 from jointre_jax.errors import UserError
 
 FORMATS = ("auto", "text", "ctgov", "aact")
@@ -70,11 +71,13 @@ class TrialRecord:
 
 @dataclasses.dataclass(frozen=True)
 class CriterionSpan:
-    """A criterion of a record: ``criteria[start:end]``, in ``section``."""
+    """A criterion of a record: ``criteria[start:end]``, in ``section``, beginning on line
+    ``line`` (1-based, ``\\r\\n``, ``\\r`` or ``\\n`` breaks) of the criteria text."""
 
     section: str
     start: int
     end: int
+    line: int
 
 
 @dataclasses.dataclass
@@ -86,31 +89,21 @@ class ReadResult:
     messages: list[str] = dataclasses.field(default_factory=list)
 
 
-def _lines(text: str):
-    """(start, end, next) of every line: ``text[start:end]`` without its line break."""
-    position = 0
-    for match in re.finditer(r"\r\n|\r|\n", text):
-        yield position, match.start(), match.end()
-        position = match.end()
-    if position < len(text):
-        yield position, len(text), len(text)
-
-
 def split_criteria(text: str) -> list[CriterionSpan]:
     """The criteria of a record's criteria text (see the module docstring)."""
     spans: list[CriterionSpan] = []
     section = "none"
     open_start = open_end = None  # the criterion being read
-    open_indent = 0
+    open_indent = open_line = 0
 
     def close():
         nonlocal open_start, open_end
         if open_start is not None and open_end > open_start:
-            spans.append(CriterionSpan(section_of_open, open_start, open_end))
+            spans.append(CriterionSpan(section_of_open, open_start, open_end, open_line))
         open_start = open_end = None
 
     section_of_open = section
-    for start, end, _ in _lines(text):
+    for number, start, end in split_lines(text):
         line = text[start:end]
         if not line.strip():
             close()
@@ -122,7 +115,7 @@ def split_criteria(text: str) -> list[CriterionSpan]:
             rest = start + header.end()
             if text[rest:end].strip():  # "Inclusion Criteria: adults aged 18 or more"
                 section_of_open, open_start, open_indent = section, rest, rest - start
-                open_end = start + len(line.rstrip())
+                open_end, open_line = start + len(line.rstrip()), number
             continue
         indent = len(line) - len(line.lstrip(" \t"))
         bullet = _BULLET.match(line)
@@ -134,6 +127,7 @@ def split_criteria(text: str) -> list[CriterionSpan]:
             continue  # "DISEASE CHARACTERISTICS:", a heading of its own
         begin = start + (bullet.end() if bullet else indent)
         section_of_open, open_start, open_indent = section, begin, begin - start
+        open_line = number
         if bullet:
             open_indent = len(bullet.group(1)) + 1  # deeper than the bullet: a continuation
         open_end = start + len(line.rstrip())

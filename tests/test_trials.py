@@ -91,6 +91,8 @@ def test_continuation_lines_subheaders_inline_headers_and_crlf():
         ("exclusion", "No prior radiotherapy"),  # trailing spaces are not part of it
     ]
     spans = trials.split_criteria(text)
+    assert [s.line for s in spans] == [1, 4, 6, 7, 9, 10]  # where each criterion begins
+    assert [s.line for s in trials.split_criteria("a\rb\r\rc")] == [1, 2, 4]  # lone \r too
     flat = trials.model_text(text, spans)
     assert len(flat) == len(text)  # offsets into the model's text are offsets into the record
     lines = [x.strip() for x in flat.splitlines() if x.strip()]
