@@ -143,8 +143,7 @@ def main(argv):
             }
         )
     command = " ".join(["python -m benchmarks.recipe_search", *map(shlex.quote, sys.argv[1:])])
-    out = pathlib.Path(FLAGS.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = pathlib.Path(FLAGS.out)  # its folder: cli.prepare_output, before the runs
     budget_text = (
         f"first {FLAGS.train_examples} training criteria, {FLAGS.epochs} epochs, "
         f"first {FLAGS.eval_examples} dev criteria"
