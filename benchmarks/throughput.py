@@ -1,22 +1,26 @@
 """Training and inference throughput of the joint model: JAX vs the PyTorch reference, and
-length-bucketed vs fixed-length batches, measured side by side in one run.
+packed vs length-bucketed vs fixed-length batches, measured side by side in one run.
 
     python -m benchmarks.throughput --config=configs/minilm_m2.py --json=FILE [--train_batches=N]
         [--infer_batches=N] [--rounds=R] [--encoder_size=config|base] [--skip_torch]
 
 Batches are drawn at random (fixed seed) from the real training epoch plan of the config's
-training split, so their length mix is the corpus's. Each side first runs every batch once
-(compilation, warm-up), then the timed passes alternate JAX, PyTorch, JAX, PyTorch, ... and the
-fastest pass of each side counts. Both sides use the same batches, the same model (see
-benchmarks/torch_reference.py and its test) and the same number of CPU threads.
+training split (packed rows with ``data.packing``, else length buckets), so their length mix is
+the corpus's. Each side first runs every batch once (compilation, warm-up), then the timed
+passes alternate JAX, PyTorch, JAX, PyTorch, ... and the fastest pass of each side counts.
+Both sides use the same batches, the same model (see benchmarks/torch_reference.py and its
+test) and, on a CPU, the same number of threads. On a GPU the PyTorch side runs there too, with
+bf16 autocast when the config computes in bf16 and fused AdamW.
 
 The JSON holds ``train`` and ``infer`` (sentences/s, steps/s, real tokens/s for each side and
-``jax_over_torch``, the ratio of sentences/s), ``bucketing`` (real-token fraction of the whole
-epoch, sentences/s of the same batches bucketed and padded to the longest bucket, ``speedup``),
+``jax_over_torch``, the ratio of sentences/s), ``packing`` (with ``data.packing``: the real-token
+fraction of the packed epoch, rows per batch, and the sentences/s of length-bucketed batches
+drawn from the bucketed epoch plan, ``speedup_over_buckets``), ``bucketing`` (real-token fraction
+of the bucketed epoch, sentences/s of its batches padded to the longest bucket, ``speedup``),
 ``compile`` (``first_step_seconds`` from process start to the first finished training step,
-``total_seconds`` of compilation over the run, per side, and the number of compiled shapes),
-``memory``, ``flops`` (model FLOPs of the
-matmuls, and MFU on a GPU whose peak is known), and the machine and versions.
+``total_seconds`` of compilation over the run, and the number of compiled shapes), ``memory``,
+``flops`` (model FLOPs of the matmuls, and MFU on a GPU whose peak is known), and the machine
+and versions.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from ml_collections import config_flags
 from jointre_jax import cli, parallel, runtime
 from jointre_jax.data.batching import Batcher, PlannedBatch, padding_stats
 from jointre_jax.data.corpus import load_split, make_encoder
+from jointre_jax.data.packing import make_batcher
 from jointre_jax.model.bert import BertConfig
 from jointre_jax.model.pretrained import resolve_encoder
 
@@ -105,15 +110,16 @@ def base_encoder_dir(config) -> pathlib.Path:
 
 
 def sample_batches(batcher: Batcher, plan, count: int, seed: int = 0) -> list[PlannedBatch]:
-    """``count`` batches drawn without replacement from ``plan`` (all full batches)."""
-    full = [p for p in plan if (p.indices >= 0).all()]
+    """``count`` batches drawn without replacement from ``plan``: batches without an empty row,
+    or any batches when a plan (a tiny split) has none."""
+    full = [p for p in plan if all(p.segments())] or list(plan)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(full), size=min(count, len(full)), replace=False)
     return [full[i] for i in sorted(chosen)]
 
 
 def _rate(batches, seconds: float, real_tokens: int) -> dict:
-    rows = sum(int((b["row_mask"]).sum()) for b in batches)
+    rows = sum(int(b["segment_ids"].max(axis=1).sum()) for b in batches)  # criteria
     return {
         "seconds": seconds,
         "steps_per_s": len(batches) / seconds,
@@ -173,7 +179,8 @@ class JaxSide:
 
 
 class TorchSide:
-    """The PyTorch reference with the same initial parameters, AdamW like optax's."""
+    """The PyTorch reference with the same initial parameters, AdamW like optax's; on the GPU
+    when there is one (bf16 autocast for a bf16 config, fused AdamW)."""
 
     def __init__(self, config, scheme, schema, bert, jax_params, threads: int):
         import torch
@@ -182,39 +189,53 @@ class TorchSide:
 
         torch.set_num_threads(threads)
         self.torch, self.ref = torch, ref
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = ref.TorchJointModel(
             ref.bert_config(bert), scheme.num_classes, schema.num_relation_labels,
             config.model.re_option, config.model.ner_label_embedding_dim,
             config.model.pair_hidden_dim, config.model.dropout_rate,
         )  # fmt: skip
         ref.load_flax_params(self.model, jax_params)
+        self.model.to(self.device)
+        bf16 = self.device == "cuda" and config.model.compute_dtype == "bfloat16"
+        self.autocast = lambda: torch.autocast(self.device, torch.bfloat16, enabled=bf16)  # noqa: E731
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.optim.learning_rate,
-            weight_decay=config.optim.weight_decay,
+            weight_decay=config.optim.weight_decay, fused=self.device == "cuda",
         )  # fmt: skip
         self.clip = config.optim.grad_clip_norm
 
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
     def train_pass(self, batches) -> float:
         self.model.train()
+        self._sync()
         start = time.perf_counter()
         for batch in batches:
-            batch = self.ref.to_torch(batch)
+            batch = self.ref.to_torch(batch, self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.ref.joint_loss(*self.model(batch, "gold"), batch)
+            with self.autocast():
+                loss = self.ref.joint_loss(*self.model(batch, "gold"), batch)
             loss.backward()
             self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
             self.optimizer.step()
+        self._sync()
         return time.perf_counter() - start
 
     def infer_pass(self, batches) -> float:
         self.model.eval()
+        self._sync()
         start = time.perf_counter()
-        with self.torch.inference_mode():
+        with self.torch.inference_mode(), self.autocast():
             for batch in batches:
-                ner_logits, re_logits = self.model(self.ref.to_torch(batch), "predicted")
-                ner_logits.argmax(-1).numpy()
-                probs = re_logits.softmax(-1)
-                probs.max(-1).values.numpy(), probs.argmax(-1).numpy()
+                ner_logits, re_logits = self.model(
+                    self.ref.to_torch(batch, self.device), "predicted"
+                )
+                ner_logits.argmax(-1).cpu().numpy()
+                probs = re_logits.float().softmax(-1)
+                probs.max(-1).values.cpu().numpy(), probs.argmax(-1).cpu().numpy()
         return time.perf_counter() - start
 
 
@@ -248,45 +269,57 @@ def run(
     if encoder_size == "base":
         config.model.encoder, config.model.pretrained = str(base_encoder_dir(config)), False
     bert, weights_dir = runtime.encoder_config(config)
-    config.model.max_entities = runtime.entity_slots_of(config, data.examples)
+    runtime.resolve_sizes(config, data.examples)
     boundaries, size = config.data.bucket_boundaries, config.data.batch_size
-    scheme = encoder.scheme
-    batcher = Batcher(data.examples, boundaries, size, config.seed, scheme)
+    scheme, packed = encoder.scheme, bool(config.data.get("packing", False))
+    slots = int(config.model.max_entities)
+    buckets = Batcher(data.examples, boundaries, size, config.seed, scheme, slots)
+    bucket_plan = buckets.epoch_plan(0)
+    batcher = make_batcher(config, data.examples, scheme, training=True)
     plan = batcher.epoch_plan(0)
     planned = sample_batches(batcher, plan, train_batches)
-    bucketed = [batcher.build(p) for p in planned]
-    padded = [batcher.build(PlannedBatch(boundaries[-1], p.indices)) for p in planned]
-    eval_batcher = Batcher(data.examples, boundaries, config.data.eval_batch_size, 0, scheme)
+    main = [batcher.build(p) for p in planned]  # what training runs: packed rows or buckets
+    bucket_planned = sample_batches(buckets, bucket_plan, train_batches)
+    bucketed = [buckets.build(p) for p in bucket_planned]
+    padded = [buckets.build(PlannedBatch(boundaries[-1], p.indices)) for p in bucket_planned]
+    eval_batcher = make_batcher(config, data.examples, scheme, training=False)
     infer_planned = sample_batches(eval_batcher, eval_batcher.eval_plan(), infer_batches, 1)
     infer = [eval_batcher.build(p) for p in infer_planned]
-    real_train = int(sum(batcher.lengths[p.indices].sum() for p in planned))
-    real_infer = int(sum(eval_batcher.lengths[p.indices].sum() for p in infer_planned))
+    real = lambda batches: int(sum(b["input_mask"].sum() for b in batches))  # noqa: E731
+    real_train, real_bucketed, real_infer = real(main), real(bucketed), real(infer)
 
     jax_side = JaxSide(config, scheme, data.schema, bert, weights_dir)
     compile_start = time.perf_counter()
-    jax_side.train_pass(bucketed)
+    jax_side.train_pass(main)
     compile_train = time.perf_counter() - compile_start
     compile_start = time.perf_counter()
     jax_side.infer_pass(infer)
     compile_infer = time.perf_counter() - compile_start
     rss_jax = _peak_rss_mb()
     passes = {
-        "jax_train": lambda: jax_side.train_pass(bucketed),
+        "jax_train": lambda: jax_side.train_pass(main),
         "jax_infer": lambda: jax_side.infer_pass(infer),
     }
     torch_side = None
     if with_torch:
         torch_side = TorchSide(config, scheme, data.schema, bert, jax_side.initial.params, threads)
-        torch_side.train_pass(bucketed[:2])  # warm-up: allocator, kernels
+        torch_side.train_pass(main[:2])  # warm-up: allocator, kernels
         torch_side.infer_pass(infer[:2])
-        passes["torch_train"] = lambda: torch_side.train_pass(bucketed)
+        passes["torch_train"] = lambda: torch_side.train_pass(main)
         passes["torch_infer"] = lambda: torch_side.infer_pass(infer)
+    compile_other = 0.0
+    if packed:  # the bucketed path side by side
+        compile_start = time.perf_counter()
+        jax_side.train_pass(bucketed)
+        compile_other += time.perf_counter() - compile_start
+        passes["jax_train_bucketed"] = lambda: jax_side.train_pass(bucketed)
     if fixed:
         compile_start = time.perf_counter()
         jax_side.train_pass(padded)  # compile the full-length shape
-        compile_fixed = time.perf_counter() - compile_start
+        compile_other += time.perf_counter() - compile_start
         passes["jax_train_fixed"] = lambda: jax_side.train_pass(padded)
     best = _fastest(passes, rounds)
+    compile_other -= best.get("jax_train_bucketed", 0.0) + best.get("jax_train_fixed", 0.0)
 
     results = {
         "config": {
@@ -298,8 +331,9 @@ def run(
             "re_option": config.model.re_option,
             "compute_dtype": config.model.compute_dtype,
             "batch_size": size,
+            "packing": packed,
             "bucket_boundaries": list(boundaries),
-            "train_batches": len(bucketed),
+            "train_batches": len(main),
             "infer_batches": len(infer),
             "rounds": rounds,
             "torch_threads": threads,
@@ -307,7 +341,7 @@ def run(
             "einsum softmax with attention dropout in training",
         },  # fmt: skip
         "machine": machine(),
-        "train": {"jax": _rate(bucketed, best["jax_train"], real_train)},
+        "train": {"jax": _rate(main, best["jax_train"], real_train)},
         "infer": {"jax": _rate(infer, best["jax_infer"], real_infer)},
         "compile": {
             "first_step_seconds": jax_side.first_step_seconds,
@@ -315,7 +349,7 @@ def run(
             - best["jax_train"]
             + compile_infer
             - best["jax_infer"]
-            + (compile_fixed - best["jax_train_fixed"] if fixed else 0.0),
+            + compile_other,
             "train_seconds": compile_train - best["jax_train"],
             "infer_seconds": compile_infer - best["jax_infer"],
             "train_shapes": jax_side.train_fn._cache_size(),
@@ -325,21 +359,36 @@ def run(
     }
     if with_torch:
         for key in ("train", "infer"):
-            batches, real = (bucketed, real_train) if key == "train" else (infer, real_infer)
-            results[key]["torch"] = _rate(batches, best[f"torch_{key}"], real)
+            batches, tokens = (main, real_train) if key == "train" else (infer, real_infer)
+            results[key]["torch"] = _rate(batches, best[f"torch_{key}"], tokens)
             results[key]["jax_over_torch"] = (
                 results[key]["jax"]["sentences_per_s"] / results[key]["torch"]["sentences_per_s"]
             )
-    stats = padding_stats(batcher, plan)
+    stats = padding_stats(buckets, bucket_plan)
     results["bucketing"] = {
         "real_token_fraction": stats["real_token_fraction"],
         "fixed_real_token_fraction": 1 - stats["fixed_padding_waste"],
-        "sampled_real_token_fraction": real_train / sum(b["input_ids"].size for b in bucketed),
+        "sampled_real_token_fraction": real_bucketed / sum(b["input_ids"].size for b in bucketed),
     }
+    if packed:
+        packing = padding_stats(batcher, plan)
+        bucket_rate = _rate(bucketed, best["jax_train_bucketed"], real_bucketed)
+        results["packing"] = {
+            "real_token_fraction": packing["real_token_fraction"],
+            "rows_per_batch": int(planned[0].indices.shape[0]) if planned else 0,
+            "row_length": int(plan[0].length) if plan else 0,
+            "bucketed": bucket_rate,
+            "speedup_over_buckets": results["train"]["jax"]["sentences_per_s"]
+            / bucket_rate["sentences_per_s"],
+        }
     if fixed:
-        results["bucketing"]["fixed"] = _rate(padded, best["jax_train_fixed"], real_train)
-        results["bucketing"]["speedup"] = best["jax_train_fixed"] / best["jax_train"]
-    flops = matmul_flops(bert, [b["input_ids"].shape[1] for b in bucketed], size, config, True)
+        results["bucketing"]["fixed"] = _rate(padded, best["jax_train_fixed"], real_bucketed)
+        reference = best.get("jax_train_bucketed", best["jax_train"])
+        results["bucketing"]["speedup"] = best["jax_train_fixed"] / reference
+    flops = sum(
+        matmul_flops(bert, [b["input_ids"].shape[1]], b["input_ids"].shape[0], config, True)
+        for b in main
+    )
     results["flops"] = {"train_pass": flops, "train_per_s": flops / best["jax_train"]}
     peak = _peak_flops()
     if peak:

@@ -57,8 +57,11 @@ class TorchJointModel(nn.Module):
             self.linear_tail = nn.Linear(pair_hidden_dim, num_relations, bias=False)
 
     def forward(self, batch: dict, label_source: str = "gold"):
+        mask, positions = batch["input_mask"].long(), None
+        if "segment_ids" in batch:  # packed rows: attention inside a segment, positions restart
+            mask, positions = segment_attention(batch["segment_ids"]), batch["position_ids"]
         hidden = self.bert(
-            input_ids=batch["input_ids"], attention_mask=batch["input_mask"].long()
+            input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions
         ).last_hidden_state
         hidden = self.dropout(hidden)
         words = _gather(hidden, batch["word_index"])
@@ -79,6 +82,14 @@ class TorchJointModel(nn.Module):
         return ner_logits, scores
 
 
+def segment_attention(segment_ids: torch.Tensor) -> torch.Tensor:
+    """int64 [B, L, L]: query i attends key j when both are in one segment (padding: itself
+    only), the mask of ``jointre_jax.model.bert.BertModel``."""
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    eye = torch.eye(segment_ids.shape[1], dtype=torch.bool, device=segment_ids.device)[None]
+    return ((same & (segment_ids[:, None, :] > 0)) | eye).long()
+
+
 def _gather(values, index):
     """values [B, L, D] at index [B, N] -> [B, N, D]."""
     return torch.gather(values, 1, index[:, :, None].expand(-1, -1, values.shape[-1]))
@@ -92,18 +103,23 @@ def joint_loss(ner_logits, re_logits, batch) -> torch.Tensor:
     ner = ner / label_mask.sum().clamp(min=1)
     gold = batch["entity_type"] > 0
     length = gold.shape[1]
-    distinct = ~torch.eye(length, dtype=torch.bool)[None]
+    distinct = ~torch.eye(length, dtype=torch.bool, device=gold.device)[None]
+    if "word_segment" in batch:  # packed rows: pairs inside one segment
+        segment = torch.gather(batch["word_segment"], 1, batch["entity_start"])
+        distinct = distinct & (segment[:, :, None] == segment[:, None, :])
     pairs = gold[:, :, None] & gold[:, None, :] & distinct & batch["row_mask"][:, None, None]
     re = F.cross_entropy(re_logits[pairs], batch["relations"][pairs], reduction="sum")
     return ner + re / pairs.sum().clamp(min=1)
 
 
-def to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """The numpy batch of ``data.batching`` as torch tensors (int64 ids and labels)."""
+def to_torch(batch: dict[str, np.ndarray], device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The numpy batch of ``data.batching`` as torch tensors (int64 ids and labels) on
+    ``device``."""
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
-        out[key] = torch.from_numpy(value.astype(np.int64) if value.dtype == np.int32 else value)
+        tensor = torch.from_numpy(value.astype(np.int64) if value.dtype == np.int32 else value)
+        out[key] = tensor.to(device, non_blocking=True) if device != "cpu" else tensor
     return out
 
 

@@ -123,13 +123,24 @@ def get_config() -> ml_collections.ConfigDict:
     # BIO: which of overlapping/nested entities the tags keep: "most_relations" (maximum total
     # weight, weight = 1 + number of relations of the entity), "longest" or "shortest" (greedy).
     config.data.overlap_policy = "most_relations"
-    # Padded lengths of the length buckets (ascending, last = max_length). Each bucket is one
-    # static shape, hence one compilation of the train step.
+    # Unpacked batches (packing=False): padded lengths of the length buckets (ascending, last =
+    # max_length). Each bucket is one static shape, hence one compilation of the train step.
     config.data.bucket_boundaries = (8, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128)
     # Global training batch size in examples (paper: 32); split evenly across processes.
     config.data.batch_size = 32
     # Global evaluation batch size in examples.
     config.data.eval_batch_size = 32
+    # Sequence packing (jointre_jax/data/packing.py): several examples share each row of
+    # pack_length wordpieces, each attending only to itself, so training compiles one shape
+    # and prediction one. False: one example a row, padded to its length bucket.
+    config.data.packing = True
+    # Wordpieces per packed row (0: max_length).
+    config.data.pack_length = 0
+    # Rows per packed training batch (0: rows that hold about batch_size examples, from the
+    # training data's mean length, rounded up to a multiple of the devices). Saved with the run.
+    config.data.pack_rows = 0
+    # Rows per packed prediction batch (0: likewise from eval_batch_size). Saved with the run.
+    config.data.eval_pack_rows = 0
 
     # --------------------------------------------------------------- model
     config.model = ml_collections.ConfigDict()
@@ -162,9 +173,11 @@ def get_config() -> ml_collections.ConfigDict:
     # span: > 0 adds a span-content score (max-pooled words + width embedding, a hidden layer
     # of this size) to the biaffine one (0: biaffine alone).
     config.model.span_pooling_dim = 0
-    # Slots of the entity tables (gold and decoded entities per example, static shapes);
-    # 0: the most entities of any training example, rounded up to a multiple of 8. Decoded or
-    # gold entities beyond it are counted ("overflow" in the scores), never silently lost.
+    # Slots of the entity tables (gold and decoded entities per row, static shapes); 0: from
+    # the training data, saved with the run. Unpacked: the most entities of any example; packed:
+    # twice the entities of a full row at the data's mean density, at least the most of any
+    # example; rounded up to a multiple of 8. Decoded or gold entities beyond it are counted
+    # ("overflow" in the scores), never silently lost.
     config.model.max_entities = 0
     # False: initialise the encoder randomly from the encoder's config.json (no weights).
     config.model.pretrained = True

@@ -27,7 +27,10 @@ def saved_config(path: pathlib.Path) -> ml_collections.ConfigDict:
     """The config a run saved in ``path`` (config.json), laid over today's defaults so that
     runs saved before a field existed still load with that field's default."""
     config = default.get_config()
-    _overlay(config, json.loads(path.read_text()))
+    saved = json.loads(path.read_text())
+    if "packing" not in saved.get("data", {}):  # trained before packing: buckets, as it was
+        saved.setdefault("data", {})["packing"] = False
+    _overlay(config, saved)
     return config
 
 

@@ -159,12 +159,16 @@ class EntityScheme:
         """
         raise NotImplementedError
 
-    def decode(self, ner_logits, word_mask, max_entities: int) -> dict:
-        """The entity table (module docstring) of the NER logits, inside jit."""
+    def decode(self, ner_logits, word_mask, max_entities: int, word_segment=None) -> dict:
+        """The entity table (module docstring) of the NER logits, inside jit.
+
+        ``word_segment`` int [B, L] (packed rows): no entity spans two segments.
+        """
         raise NotImplementedError
 
     def targets(self, entities, num_words: int, length: int) -> dict[str, np.ndarray]:
-        """Host-side NER target arrays of one example for its batch row (may be empty)."""
+        """Host-side NER target arrays of one example, one value per word slot ([length]);
+        may be empty."""
         return {}
 
 
@@ -231,11 +235,13 @@ class BioScheme(EntityScheme):
         return spans
 
     @staticmethod
-    def decode_tags(tags, word_mask):
+    def decode_tags(tags, word_mask, word_segment=None):
         """Entities of BIO tags at their first word, vectorised (jnp).
 
         Args:
-          tags: int [B, L] tag ids; word_mask: bool [B, L] (False positions count as O).
+          tags: int [B, L] tag ids; word_mask: bool [B, L] (False positions count as O);
+          word_segment: int [B, L] or None (packed rows: an I- tag never continues an entity
+            of the segment before).
         Returns:
           dict of [B, L]: ``first`` bool (an entity starts here), ``end`` int32 (its end, -1
           elsewhere), ``type`` int32 (1 + type id, 0 elsewhere).
@@ -246,6 +252,8 @@ class BioScheme(EntityScheme):
         is_inside = (tags > 0) & ((tags - 1) % 2 == 1)
         previous = jnp.pad(kind, ((0, 0), (1, 0)))[:, :-1]
         continues = is_inside & (previous == kind)
+        if word_segment is not None:
+            continues &= word_segment == jnp.pad(word_segment, ((0, 0), (1, 0)))[:, :-1]
         starts = (tags > 0) & ~continues
         positions = jnp.arange(length)
         breaks = jnp.where(continues, length, positions)
@@ -259,10 +267,10 @@ class BioScheme(EntityScheme):
             "type": jnp.where(starts, kind, 0).astype(jnp.int32),
         }
 
-    def decode(self, ner_logits, word_mask, max_entities: int) -> dict:
+    def decode(self, ner_logits, word_mask, max_entities: int, word_segment=None) -> dict:
         probs = jax.nn.softmax(ner_logits.astype(jnp.float32), -1)
         tags = jnp.argmax(probs, -1)
-        found = self.decode_tags(tags, word_mask)
+        found = self.decode_tags(tags, word_mask, word_segment)
         positions = jnp.broadcast_to(jnp.arange(tags.shape[-1]), tags.shape)
         score = jnp.max(probs, -1)
         return compact_table(
@@ -301,13 +309,17 @@ class SpanScheme(EntityScheme):
                 owner[(start, end)] = i
         return left_out
 
-    def span_mask(self, word_mask):
-        """bool [B, L, L]: [b, i, j] is a candidate span from word i to word j (inclusive)."""
+    def span_mask(self, word_mask, word_segment=None):
+        """bool [B, L, L]: [b, i, j] is a candidate span from word i to word j (inclusive);
+        with ``word_segment`` [B, L] (packed rows), i and j in one segment."""
         length = word_mask.shape[-1]
         i = jnp.arange(length)[:, None]
         j = jnp.arange(length)[None, :]
         width_ok = (j >= i) & (j - i < self.max_width)
-        return width_ok[None] & word_mask[:, :, None] & word_mask[:, None, :]
+        mask = width_ok[None] & word_mask[:, :, None] & word_mask[:, None, :]
+        if word_segment is not None:
+            mask &= word_segment[:, :, None] == word_segment[:, None, :]
+        return mask
 
     @staticmethod
     def span_targets(table, length: int):
@@ -321,11 +333,11 @@ class SpanScheme(EntityScheme):
             .set(table["type"], mode="drop")
         )
 
-    def decode(self, ner_logits, word_mask, max_entities: int) -> dict:
+    def decode(self, ner_logits, word_mask, max_entities: int, word_segment=None) -> dict:
         batch, length = word_mask.shape
         probs = jax.nn.softmax(ner_logits.astype(jnp.float32), -1)
         label, best = decide(probs, self.threshold)
-        valid = self.span_mask(word_mask) & (label > 0)
+        valid = self.span_mask(word_mask, word_segment) & (label > 0)
         score = jnp.where(valid, best, -1.0).reshape(batch, -1)
         count = min(max_entities, length * length)
         top, index = jax.lax.top_k(score, count)  # highest first

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from jointre_jax import parallel, runtime
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.encode import Example
+from jointre_jax.data.packing import make_batcher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,14 +49,23 @@ class Prediction:
     overflow: int = 0
 
 
-def decode_row(example: Example, out: dict, row: int) -> Prediction:
-    """The :class:`Prediction` of ``example`` from row ``row`` of ``predict_step``'s arrays."""
+def decode_row(
+    example: Example, out: dict, row: int, words: int = 0, entities: int = 0, last: bool = True
+) -> Prediction:
+    """The :class:`Prediction` of ``example`` from row ``row`` of ``predict_step``'s arrays.
+
+    A packed row holds several examples: this one's words begin at word ``words`` of the row
+    and its gold entities at slot ``entities``; its decoded entities are those inside its
+    words. The decoded entities that did not fit the row's table are the row's last ones (the
+    table is in (start, end) order): they count as the overflow of the row's ``last`` example.
+    """
     table = {k: v[row] for k, v in out["entities"].items()}
-    slots = np.flatnonzero(table["mask"] & (table["end"] <= example.num_words))
-    entities = []
+    inside = (table["start"] >= words) & (table["end"] <= words + example.num_words)
+    slots = np.flatnonzero(table["mask"] & inside)
+    found = []
     for slot in slots:
-        start, end = int(table["start"][slot]), int(table["end"][slot])
-        entities.append(
+        start, end = int(table["start"][slot]) - words, int(table["end"][slot]) - words
+        found.append(
             PredictedEntity(
                 start,
                 end,
@@ -73,14 +83,15 @@ def decode_row(example: Example, out: dict, row: int) -> Prediction:
                 if h != t and labels[a, b]:
                     relations.append((h, t, int(labels[a, b]), float(probs[a, b])))
         gold = out["gold_re_labels"][row]
-        count = min(len(example.entities), gold.shape[0])
+        count = min(len(example.entities), gold.shape[0] - entities)
         gold_relations = [
-            (h, t, int(gold[h, t]))
+            (h, t, int(gold[entities + h, entities + t]))
             for h in range(count)
             for t in range(count)
-            if h != t and gold[h, t]
+            if h != t and gold[entities + h, entities + t]
         ]
-    return Prediction(entities, relations, gold_relations, int(table["overflow"]))
+    overflow = int(table["overflow"]) if last else 0
+    return Prediction(found, relations, gold_relations, overflow)
 
 
 class Predictor:
@@ -99,26 +110,21 @@ class Predictor:
         self.predict_fn = runtime.jit_predict_step(runtime.params_mesh(params), params, model)
 
     def batcher(self, examples: Sequence[Example]) -> Batcher:
-        """Batcher of ``examples`` for prediction (``data.eval_batch_size``)."""
-        data = self.config.data
-        return Batcher(
-            examples,
-            data.bucket_boundaries,
-            data.eval_batch_size,
-            scheme=self.model.scheme,
-            max_entities=self.model.max_entities,
-        )
+        """Batcher of ``examples`` for prediction: packed rows (``data.eval_pack_rows``) or
+        length buckets (``data.eval_batch_size``), as the run's config says."""
+        return make_batcher(self.config, examples, self.model.scheme, training=False)
 
     def predict(
         self, examples: Sequence[Example], desc: str | None = None
     ) -> Iterator[tuple[int, Prediction]]:
         """(example index, Prediction) for every example, in the evaluation plan's order
-        (longest first). ``desc`` names a progress bar (None: no bar)."""
+        (longest first, or packing order). ``desc`` names a progress bar (None: no bar)."""
         batcher = self.batcher(examples)
         sharding = parallel.batch_sharding(runtime.params_mesh(self.params))
         for planned in tqdm(batcher.eval_plan(), desc=desc, leave=False, disable=desc is None):
             batch = parallel.global_batch(runtime.host_rows(batcher, planned), sharding)
             out = jax.device_get(self.predict_fn(self.params, batch))
-            for row, index in enumerate(planned.indices):
-                if index >= 0:
-                    yield int(index), decode_row(examples[index], out, row)
+            segments = planned.segments()
+            for row, index, words, entities in batcher.example_offsets(planned):
+                last = index == segments[row][-1]
+                yield index, decode_row(examples[index], out, row, words, entities, last)

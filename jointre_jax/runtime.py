@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pathlib
 
@@ -26,6 +27,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from jointre_jax import parallel
+from jointre_jax.data import packing
 from jointre_jax.data.batching import Batcher, entity_slots
 from jointre_jax.labels import EntityScheme, decide
 from jointre_jax.model.bert import BertConfig
@@ -34,6 +36,7 @@ from jointre_jax.model.losses import LossOptions, loss_terms, total_loss
 from jointre_jax.model.pretrained import load_weights, merge_pretrained, resolve_encoder
 
 TrainState = train_state.TrainState
+log = logging.getLogger(__name__)
 ENCODERS = ("encoder", "re_encoder")  # top-level parameter groups holding pre-trained BERTs
 
 
@@ -83,7 +86,7 @@ def predict_step(params, batch: dict, *, model: JointModel) -> dict:
         entities = outputs["predicted"]
     else:
         entities = model.scheme.decode(
-            outputs["ner_logits"], batch["word_mask"], model.max_entities
+            outputs["ner_logits"], batch["word_mask"], model.max_entities, batch.get("word_segment")
         )
     out = {"entities": entities}
     if has_re:
@@ -99,11 +102,11 @@ def predict_step(params, batch: dict, *, model: JointModel) -> dict:
 # ------------------------------------------------------------------------- construction
 def make_mesh(config) -> Mesh:
     """The ``(data, fsdp)`` device mesh of ``config`` (see :mod:`jointre_jax.parallel`)."""
-    return parallel.make_mesh(
-        config.num_devices,
-        config.sharding.fsdp,
-        (config.data.batch_size, config.data.eval_batch_size),
-    )
+    data = config.data
+    sizes = (data.batch_size, data.eval_batch_size)  # rows of a batch
+    if data.get("packing", False):
+        sizes = tuple(n for n in (data.pack_rows, data.eval_pack_rows) if n)
+    return parallel.make_mesh(config.num_devices, config.sharding.fsdp, sizes)
 
 
 def encoder_config(config) -> tuple[BertConfig, pathlib.Path | None]:
@@ -139,9 +142,14 @@ def use_compilation_cache(directory: str) -> pathlib.Path | None:
 
 def create_model(config, scheme: EntityScheme, num_relations: int, bert: BertConfig):
     """The JointModel that ``config.model`` describes (``config.model.max_entities`` must be
-    resolved: see :func:`entity_slots_of`)."""
+    resolved: see :func:`resolve_sizes`)."""
     if config.model.negative_sampling == "incremental" and config.model.method != "joint":
         raise ValueError("negative_sampling='incremental' needs method='joint'")
+    if config.data.get("packing", False) and config.model.word_lstm_dim:
+        raise ValueError(
+            "model.word_lstm_dim reads the words of a row in one pass, across the segments of "
+            "a packed row: set --config.data.packing=False to use it"
+        )
     return JointModel(
         encoder_config=bert,
         scheme=scheme,
@@ -310,6 +318,65 @@ def host_rows(batcher: Batcher, planned) -> dict:
     return batcher.build(planned, rows)
 
 
-def entity_slots_of(config, examples) -> int:
-    """``config.model.max_entities``, or when 0 the slots the ``examples`` need."""
-    return int(config.model.max_entities) or entity_slots(examples)
+def resolve_sizes(config, examples) -> None:
+    """Sets the static sizes left at 0 that the training ``examples`` decide (in place; the
+    run saves them in config.json, so inference builds the same shapes): with
+    ``data.packing`` the rows per batch and the entity slots per row
+    (:func:`jointre_jax.data.packing.resolve`), else the entity slots per example."""
+    if config.data.get("packing", False):
+        devices = int(config.num_devices) or jax.device_count()
+        packing.resolve(config, examples, devices)
+    elif not config.model.max_entities:
+        with config.unlocked():
+            config.model.max_entities = entity_slots(examples)
+
+
+class CompileAhead:
+    """Compiles jitted calls in background threads while the caller goes on (the first
+    training step compiles in the main thread meanwhile): the shapes a run needs later, such
+    as prediction's and the other length buckets', are ready when it gets there. Each finished
+    compilation logs a progress line; :meth:`wait` re-raises a failure.
+
+    Args:
+      calls: (name, jitted function, example arguments) of each shape; the arguments' shapes,
+        dtypes and shardings are what count (the call itself is not run).
+      threads: compiler threads (0: one per shape, at most the CPU count).
+    """
+
+    def __init__(self, calls, threads: int = 0):
+        import concurrent.futures
+        import time
+
+        self.calls = list(calls)
+        self.done = 0
+        threads = threads or max(1, min(len(self.calls), os.cpu_count() or 1))
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads, "compile-ahead")
+        self.started = time.perf_counter()
+
+        def compile_one(name, fn, args):
+            begin = time.perf_counter()
+            fn.lower(*args).compile()
+            self.done += 1
+            log.info(
+                "compiled %s in %.1f s (%d/%d ahead, %.1f s since start)", name,
+                time.perf_counter() - begin, self.done, len(self.calls),
+                time.perf_counter() - self.started,
+            )  # fmt: skip
+
+        self.futures = [self.pool.submit(compile_one, *call) for call in self.calls]
+        self.pool.shutdown(wait=False)
+
+    def wait(self) -> None:
+        """Blocks until every compilation has finished; re-raises the first failure."""
+        for future in self.futures:
+            future.result()
+
+
+def shape_batches(batcher: Batcher, plan, sharding) -> list:
+    """A global batch of each distinct shape of ``plan`` (its first batch of that shape)."""
+    seen, batches = set(), []
+    for planned in plan:
+        if planned.length not in seen:
+            seen.add(planned.length)
+            batches.append(parallel.global_batch(host_rows(batcher, planned), sharding))
+    return batches

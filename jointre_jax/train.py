@@ -31,8 +31,8 @@ from jointre_jax.checkpoints import (
     save,
     set_aside,
 )
-from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split, make_encoder
+from jointre_jax.data.packing import make_batcher
 from jointre_jax.evaluation import evaluate
 from jointre_jax.predictor import Predictor
 
@@ -73,21 +73,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_data = load_split(config, config.data.train_split, encoder)
     dev_data = load_split(config, config.data.eval_split, encoder)
     schema, scheme = train_data.schema, encoder.scheme
-    with config.unlocked():  # the table size the data needs, saved with the run
-        config.model.max_entities = runtime.entity_slots_of(config, train_data.examples)
+    runtime.resolve_sizes(config, train_data.examples)  # sizes the data needs, saved below
     bert, weights_dir = runtime.encoder_config(config)
     workdir.mkdir(parents=True, exist_ok=True)  # only once the data and the encoder are found
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-    data = config.data
-    batcher = Batcher(
-        train_data.examples,
-        data.bucket_boundaries,
-        data.batch_size,
-        config.seed,
-        scheme,
-        config.model.max_entities,
-    )
+    batcher = make_batcher(config, train_data.examples, scheme, training=True)
     steps_per_epoch = batcher.steps_per_epoch()
     total_steps = steps_per_epoch * config.num_epochs
 
@@ -120,10 +111,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     step = int(state.step)
     log_path = workdir / "metrics.jsonl"
     start_epoch = step // steps_per_epoch
+    # Every other shape compiles in background threads while the first step compiles here.
+    ahead = _compile_ahead(batcher, start_epoch, step, predictor, dev_data, state, train, rng)
     writer = _tensorboard(workdir, is_main)
     if is_main:  # keep the lines of the epochs the restored state has completed
         _truncate_log(log_path, start_epoch)
     if step == 0 and config.eval_before_training:  # the baseline the scores rise from
+        ahead.wait()
         initial = scores(dev_data, "dev (initial)")
         _append_log(log_path, is_main, {"epoch": 0, "step": 0, **_dev_f1s(initial)})
     for epoch in range(start_epoch, config.num_epochs):
@@ -152,6 +146,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if pending is not None:
             _accumulate(sums, pending, bar)
         bar.close()
+        ahead.wait()
         dev = scores(dev_data, "dev")
         value = metric_value(dev, best_metric_name(config))
         if meta["best_metric"] is None or value > meta["best_metric"]:
@@ -188,6 +183,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if is_main:
         (workdir / "metrics.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def _compile_ahead(batcher, epoch, step, predictor, dev_data, state, train, rng):
+    """Starts compiling, in background threads, the training shapes of ``epoch``'s plan but
+    the one its next step needs, and the prediction shapes of the dev split."""
+    plan = batcher.epoch_plan(epoch)
+    sharding = parallel.batch_sharding(runtime.params_mesh(state.params))
+    offset = step - epoch * batcher.steps_per_epoch()
+    first = plan[offset].length if offset < len(plan) else None
+    abstract = lambda tree: jax.tree.map(  # noqa: E731 - shapes only: the state is donated
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
+    )
+    calls = [
+        (f"training shape {tuple(b['input_ids'].shape)}", train, (abstract(state), b, rng))
+        for b in runtime.shape_batches(batcher, plan, sharding)
+        if b["input_ids"].shape[1] != first
+    ]
+    dev_batcher = predictor.batcher(dev_data.examples)
+    calls += [
+        (f"prediction shape {tuple(b['input_ids'].shape)}", predictor.predict_fn,
+         (abstract(state.params), b))
+        for b in runtime.shape_batches(dev_batcher, dev_batcher.eval_plan(), sharding)
+    ]  # fmt: skip
+    return runtime.CompileAhead(calls)
 
 
 def _tensorboard(workdir: pathlib.Path, is_main: bool):

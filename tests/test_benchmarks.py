@@ -2,6 +2,10 @@
 batches it timed (the real timings on Chia are in benchmarks/README.md)."""
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -9,6 +13,7 @@ from benchmarks import throughput
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split
 from jointre_jax.model.bert import BertConfig
+from tests.conftest import REPO
 from tests.test_train import tiny_train_config
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -23,15 +28,27 @@ def test_matmul_flops_of_bert_base_are_about_67_gflop_per_sequence(tmp_path):
 
 @pytest.mark.parametrize("with_torch", [False, pytest.param(True, marks=pytest.mark.skipif(
     not HAS_TORCH, reason="the PyTorch side needs torch (make test installs it)"))])  # fmt: skip
-def test_throughput_reports_every_figure(tmp_path, with_torch):
-    config = tiny_train_config(tmp_path)
+@pytest.mark.parametrize("packing", [True, False])
+def test_throughput_reports_every_figure(tmp_path, with_torch, packing):
+    config = tiny_train_config(tmp_path, packing=packing)
     config.data.bucket_boundaries = (8, 16, 128)
     results = throughput.run(config, 2, 2, 1, 1, with_torch=with_torch, fixed=True)
     data = load_split(config, "train", progress=False)
     batcher = Batcher(data.examples, (8, 16, 128), 4)
-    assert results["compile"]["train_shapes"] == 1 + len(
-        {p.length for p in throughput.sample_batches(batcher, batcher.epoch_plan(0), 2)}
-    )  # the sampled bucket shapes plus the fixed-length one
+    buckets = {p.length for p in throughput.sample_batches(batcher, batcher.epoch_plan(0), 2)}
+    # The sampled bucket shapes, the fixed-length one, and with packing the packed one.
+    assert results["compile"]["train_shapes"] == len(buckets) + 1 + packing
+    assert results["config"]["packing"] == packing
+    if packing:
+        figures = results["packing"]
+        assert figures["row_length"] == 12 and figures["rows_per_batch"] >= 1
+        assert figures["real_token_fraction"] > results["bucketing"]["real_token_fraction"]
+        expected = (
+            results["train"]["jax"]["sentences_per_s"] / (figures["bucketed"]["sentences_per_s"])
+        )
+        assert figures["speedup_over_buckets"] == pytest.approx(expected)
+    else:
+        assert "packing" not in results
     compile_ = results["compile"]
     assert 0 < compile_["first_step_seconds"] < 600  # from process start, jax import included
     assert compile_["total_seconds"] >= compile_["train_seconds"] > 0
@@ -52,3 +69,31 @@ def test_throughput_reports_every_figure(tmp_path, with_torch):
         else:
             assert "jax_over_torch" not in results[key]
     assert results["flops"]["train_pass"] > 0
+
+
+def test_gpu_check_script_runs_every_step_and_writes_its_summary(tmp_path):
+    """benchmarks/gpu_check.sh end to end in its smoke mode, on the tiny corpus and encoder (a
+    CPU check of the script; the figures themselves need a GPU)."""
+    config = tiny_train_config(tmp_path)
+    extra = "--config.model.pretrained=False --config.data.pack_length=12"
+    env = {
+        **os.environ,
+        "GPU_CHECK_SMOKE": "1",
+        "GPU_CHECK_EXTRA": extra,
+        "JOINTRE_DATA_DIR": config.data.dir,
+        "JOINTRE_ENCODER": config.model.encoder,
+        "PYTHON": sys.executable,
+    }
+    out = tmp_path / "out"
+    command = ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out)]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads(done.stdout)
+    assert summary["first_step_seconds_packed"] > 0 and summary["minilm_run_seconds"] > 0
+    assert summary["epoch_packed_over_bucketed"] > 0
+    assert summary["base_infer_criteria_per_s"] > 0 and summary["minilm_infer_criteria_per_s"] > 0
+    assert 0 <= summary["minilm_run_test_corpus_f1"]["ner"] <= 1
+    assert (out / "run" / "metrics.json").is_file()
+    if HAS_TORCH:
+        assert summary["base_train_jax_over_torch"] > 0

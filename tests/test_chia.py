@@ -146,11 +146,12 @@ def test_tiny_training_run_on_chia_raises_scores(tmp_path):
     config.data.max_train_examples = 128
     config.data.eval_split = config.data.test_split = "train"
     config.data.max_eval_examples = 64
-    config.data.bucket_boundaries = (32, 128)
     config.data.batch_size = 8
     config.num_epochs = 4
     config.checkpoint_every_steps = 0
     config.optim.learning_rate = 3e-4
+    # One device: packed batches of one row (about 6 criteria), not a row per fake device.
+    config.num_devices = 1
     results = train.train_and_evaluate(config, tmp_path / "run")
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["epoch"] == 0 and lines[-1]["epoch"] == 4

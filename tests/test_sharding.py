@@ -44,13 +44,13 @@ def test_mesh_checks_devices_and_batch_sizes():
 
 
 def _setup(tmp_path, num_devices, fsdp):
-    config = tiny_train_config(tmp_path / f"c{num_devices}_{fsdp}", epochs=1)
+    config = tiny_train_config(tmp_path / f"c{num_devices}_{fsdp}", epochs=1, packing=False)
     config.num_devices = num_devices
     config.sharding.fsdp = fsdp
     config.sharding.fsdp_min_size = 64  # the tiny model's arrays are small
     encoder = make_encoder(config)
     data = load_split(config, "train", encoder, progress=False)
-    config.model.max_entities = runtime.entity_slots_of(config, data.examples)
+    runtime.resolve_sizes(config, data.examples)
     bert, _ = runtime.encoder_config(config)
     model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
     mesh = runtime.make_mesh(config)

@@ -13,22 +13,28 @@ from benchmarks import torch_reference  # noqa: E402
 from jointre_jax import runtime  # noqa: E402
 from jointre_jax.data.batching import Batcher  # noqa: E402
 from jointre_jax.data.corpus import load_split, make_encoder  # noqa: E402
+from jointre_jax.data.packing import PackedBatcher  # noqa: E402
 from jointre_jax.model.losses import LossOptions, loss_terms, total_loss  # noqa: E402
 from tests.test_train import tiny_train_config  # noqa: E402
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("re_option", ["m1", "m2", "m2_bilinear"])
-def test_torch_reference_gives_the_jax_loss_and_logits(tmp_path, re_option):
+def test_torch_reference_gives_the_jax_loss_and_logits(tmp_path, re_option, packed):
     config = tiny_train_config(tmp_path, epochs=1)
     config.model.re_option = re_option
     encoder = make_encoder(config)
     data = load_split(config, "train", encoder, progress=False)
     bert, _ = runtime.encoder_config(config)
-    config.model.max_entities = runtime.entity_slots_of(config, data.examples)
+    runtime.resolve_sizes(config, data.examples)
     model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
     state = runtime.create_state(config, model, None, 10, runtime.make_mesh(config))
-    batcher = Batcher(data.examples, (16, 128), 4, scheme=encoder.scheme)
+    if packed:  # every example in one row: segments, restarting positions, pairs inside one
+        batcher = PackedBatcher(data.examples, 128, 1, scheme=encoder.scheme)
+    else:
+        batcher = Batcher(data.examples, (16, 128), 4, scheme=encoder.scheme)
     batch = batcher.build(batcher.eval_plan()[0])
+    assert (batch["segment_ids"].max() > 1) == packed
     outputs = model.apply({"params": state.params}, batch, label_source="gold")
     jax_loss = float(total_loss(loss_terms(outputs, batch, LossOptions(encoder.scheme))))
 

@@ -17,7 +17,12 @@ from jointre_jax.predictor import PredictedEntity, Prediction
 from tests.conftest import tiny_corpus
 
 
-def tiny_train_config(root, epochs=25, method="joint", negatives="gs-based", decoder="bio"):
+def tiny_train_config(
+    root, epochs=25, method="joint", negatives="gs-based", decoder="bio", packing=True
+):
+    """A tiny run: packed rows of 12 wordpieces on one device (the tiny split fills 3 rows,
+    2 a batch: 2 steps an epoch); or with ``packing=False`` length buckets, batches of 4 over
+    the 4 fake devices (2 steps an epoch too)."""
     config = tiny_corpus(root)
     config.model.pretrained = False
     config.model.ner_decoder = decoder
@@ -27,6 +32,10 @@ def tiny_train_config(root, epochs=25, method="joint", negatives="gs-based", dec
     config.model.negative_sampling = negatives
     config.data.batch_size = config.data.eval_batch_size = 4
     config.data.bucket_boundaries = (8, 16, 128)
+    config.data.packing = packing
+    if packing:  # rows of 128 (the default) would put the whole split in one row
+        config.data.pack_length = 12
+        config.num_devices = 1
     config.data.eval_split = config.data.test_split = "train"  # learning = fitting the train set
     config.optim.learning_rate = 5e-3
     config.num_epochs = epochs
@@ -110,10 +119,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
 
 
 def test_one_compile_per_length_bucket(tmp_path):
-    config = tiny_train_config(tmp_path, epochs=1)
+    config = tiny_train_config(tmp_path, epochs=1, packing=False)
     encoder = make_encoder(config)
     data = load_split(config, "train", encoder, progress=False)
-    config.model.max_entities = runtime.entity_slots_of(config, data.examples)
+    runtime.resolve_sizes(config, data.examples)
     batcher = Batcher(data.examples, (8, 16, 32, 128), 4, scheme=encoder.scheme)
     bert, _ = runtime.encoder_config(config)
     model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)

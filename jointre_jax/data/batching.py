@@ -6,21 +6,26 @@ per bucket. The plan of an epoch (which examples go in which batch, in which ord
 on the seed and the epoch, so every process of a multi-host job computes the same plan and
 materialises only its own rows: ``rows [p * B / P, (p + 1) * B / P)`` of each global batch.
 
-Batch arrays (B = rows of this process, L = bucket length, N = ``max_entities``). Words have
-L slots too (an example never has more words than wordpieces):
+Batch arrays (B = rows of this process, L = row length, N = ``max_entities``). A row holds
+one example here, or several (its *segments*) in a packed batch (:mod:`.packing`); every
+index below counts within the row. Words have L slots too (an example never has more words
+than wordpieces):
 
 * ``input_ids`` int32 [B, L]; ``input_mask`` bool [B, L]: real wordpieces incl. [CLS]/[SEP];
+* ``segment_ids`` int32 [B, L]: 1-based segment of each real wordpiece (0: padding), so
+  attention stays inside a segment; ``position_ids`` int32 [B, L]: position within the segment;
 * ``word_index`` int32 [B, L]: wordpiece index of each word's first wordpiece (0 past the last
   word); ``word_end_index`` int32 [B, L]: that of its last wordpiece; ``word_mask`` bool
-  [B, L]: real words;
+  [B, L]: real words; ``word_segment`` int32 [B, L]: each word's segment (0: no word);
 * the label scheme's NER targets (:meth:`jointre_jax.labels.EntityScheme.targets`): for BIO
   ``ner_labels`` int32 [B, L], one tag per word (0 past the last word);
 * the gold entity table: ``entity_start``/``entity_end`` int32 [B, N] word span [start, end),
-  ``entity_type`` int32 [B, N] 1 + type id (0: empty slot), in the example's entity order;
-  ``entity_overflow`` int32 [B]: gold entities beyond N (left out of the table, counted);
+  ``entity_type`` int32 [B, N] 1 + type id (0: empty slot), in the example's entity order (a
+  packed row: its segments' tables one after the other); ``entity_overflow`` int32 [B]: gold
+  entities beyond N (left out of the table, counted);
 * ``relations`` int32 [B, N, N]: relation label id from table entity i to j, 0 = none;
-* ``example_index`` int32 [B]: index into the split's example list, -1 for filler rows;
-  ``row_mask`` bool [B].
+* ``example_index`` int32 [B]: index into the split's example list of the row's first
+  segment, -1 for filler rows; ``row_mask`` bool [B].
 """
 
 from __future__ import annotations
@@ -52,10 +57,21 @@ def bucket_for(length: int, boundaries: Sequence[int]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class PlannedBatch:
-    """One global batch: its bucket length and example indices (-1 = filler row)."""
+    """One global batch: its row length and example indices (-1 = none).
+
+    ``indices``: int32 [rows] (one example a row), or [rows, segments] for packed batches
+    (the examples of each row in order, -1 after the last).
+    """
 
     length: int
-    indices: np.ndarray  # int32 [global batch size]
+    indices: np.ndarray
+
+    def segments(self, rows: slice = slice(None)) -> list[list[int]]:
+        """The example indices of each row of ``rows``, in order."""
+        indices = self.indices[rows]
+        if indices.ndim == 1:
+            return [[int(i)] if i >= 0 else [] for i in indices]
+        return [[int(i) for i in row if i >= 0] for row in indices]
 
 
 class Batcher:
@@ -152,49 +168,77 @@ class Batcher:
 
     def build(self, planned: PlannedBatch, rows: slice = slice(None)) -> dict[str, np.ndarray]:
         """Arrays of the rows ``rows`` of a planned batch (see module docstring)."""
-        indices = planned.indices[rows]
-        size, length, slots = len(indices), planned.length, self.max_entities
+        segments = planned.segments(rows)
+        size, length, slots = len(segments), planned.length, self.max_entities
+        zeros = lambda *shape: np.zeros((size, *shape), np.int32)  # noqa: E731
         batch = {
-            "input_ids": np.zeros((size, length), np.int32),
+            "input_ids": zeros(length),
             "input_mask": np.zeros((size, length), bool),
-            "word_index": np.zeros((size, length), np.int32),
-            "word_end_index": np.zeros((size, length), np.int32),
+            "segment_ids": zeros(length),
+            "position_ids": zeros(length),
+            "word_index": zeros(length),
+            "word_end_index": zeros(length),
             "word_mask": np.zeros((size, length), bool),
-            "entity_start": np.zeros((size, slots), np.int32),
-            "entity_end": np.zeros((size, slots), np.int32),
-            "entity_type": np.zeros((size, slots), np.int32),
-            "entity_overflow": np.zeros(size, np.int32),
-            "relations": np.zeros((size, slots, slots), np.int32),
-            "example_index": indices.astype(np.int32),
-            "row_mask": indices >= 0,
+            "word_segment": zeros(length),
+            "entity_start": zeros(slots),
+            "entity_end": zeros(slots),
+            "entity_type": zeros(slots),
+            "entity_overflow": zeros(),
+            "relations": zeros(slots, slots),
+            "example_index": np.array([row[0] if row else -1 for row in segments], np.int32),
+            "row_mask": np.array([bool(row) for row in segments]),
         }
-        targets = {}
-        for row, index in enumerate(indices):
-            if index < 0:
-                continue
-            ex = self.examples[index]
-            n, w = ex.length, ex.num_words
-            batch["input_ids"][row, :n] = ex.input_ids
-            batch["input_mask"][row, :n] = True
-            batch["word_index"][row, :w] = ex.word_starts
-            batch["word_end_index"][row, :w] = word_ends(ex)
-            batch["word_mask"][row, :w] = True
-            table = ex.entities[:slots]
-            batch["entity_overflow"][row] = len(ex.entities) - len(table)
-            for i, span in enumerate(table):
-                batch["entity_start"][row, i] = span.start
-                batch["entity_end"][row, i] = span.end
-                batch["entity_type"][row, i] = span.label + 1
-            for head, tail, label in ex.relations:
-                if head < slots and tail < slots:
-                    batch["relations"][row, head, tail] = label
-            for key, value in self.scheme.targets(ex.entities, w, length).items():
-                targets.setdefault(key, np.zeros((size, *value.shape), value.dtype))[row] = value
-        if not targets:  # every row a filler: the arrays still need their shapes
-            probe = self.scheme.targets((), 0, length)
-            targets = {k: np.zeros((size, *v.shape), v.dtype) for k, v in probe.items()}
-        batch.update(targets)
+        probe = self.scheme.targets((), 0, length)  # the scheme's target arrays, one per word
+        batch.update({k: np.zeros((size, *v.shape), v.dtype) for k, v in probe.items()})
+        for row, members in enumerate(segments):
+            tokens = words = entities = 0
+            for segment, index in enumerate(members, start=1):
+                ex = self.examples[index]
+                self._place(batch, row, segment, ex, (tokens, words, entities), length)
+                tokens, words = tokens + ex.length, words + ex.num_words
+                entities = min(entities + len(ex.entities), slots)
         return batch
+
+    def _place(self, batch, row: int, segment: int, ex: Example, offsets, length: int) -> None:
+        """Writes example ``ex`` into ``row`` as ``segment``, from the row's token, word and
+        entity-slot ``offsets`` on."""
+        tokens, words, entities = offsets
+        slots = self.max_entities
+        n, w = ex.length, ex.num_words
+        if tokens + n > length:
+            raise ValueError(f"segment of {n} wordpieces overruns a row of {length} at {tokens}")
+        t, v = slice(tokens, tokens + n), slice(words, words + w)
+        batch["input_ids"][row, t] = ex.input_ids
+        batch["input_mask"][row, t] = True
+        batch["segment_ids"][row, t] = segment
+        batch["position_ids"][row, t] = np.arange(n)
+        batch["word_index"][row, v] = np.asarray(ex.word_starts) + tokens
+        batch["word_end_index"][row, v] = word_ends(ex) + tokens
+        batch["word_mask"][row, v] = True
+        batch["word_segment"][row, v] = segment
+        table = ex.entities[: slots - entities]
+        batch["entity_overflow"][row] += len(ex.entities) - len(table)
+        for i, span in enumerate(table, start=entities):
+            batch["entity_start"][row, i] = span.start + words
+            batch["entity_end"][row, i] = span.end + words
+            batch["entity_type"][row, i] = span.label + 1
+        for head, tail, label in ex.relations:
+            if head < len(table) and tail < len(table):
+                batch["relations"][row, entities + head, entities + tail] = label
+        for key, value in self.scheme.targets(ex.entities, w, w).items():
+            if value.ndim != 1:
+                raise ValueError(f"NER target {key!r} is not one value per word: {value.shape}")
+            batch[key][row, v] = value
+
+    def example_offsets(self, planned: PlannedBatch, rows: slice = slice(None)):
+        """(row, example index, first word, first entity slot) of every example of the rows
+        ``rows`` of a planned batch: where its words and gold entities sit in its row."""
+        for row, members in enumerate(planned.segments(rows)):
+            words = entities = 0
+            for index in members:
+                yield row, index, words, entities
+                words += self.examples[index].num_words
+                entities = min(entities + len(self.examples[index].entities), self.max_entities)
 
     def iterate(
         self,
@@ -217,16 +261,16 @@ def entity_slots(examples: Sequence[Example], multiple: int = 8) -> int:
 
 
 def padding_stats(batcher: Batcher, plan: Sequence[PlannedBatch]) -> dict:
-    """Real vs padded wordpieces of a plan, and of the same batches padded to the largest bucket.
+    """Real vs padded wordpieces of a plan (bucketed or packed), and of one example a row
+    padded to the largest length.
 
     Returns a dict: batches, real_tokens, padded_slots, real_token_fraction, padding_waste,
-    fixed_length, fixed_padding_waste (all rows of ceil(N / B) batches at the largest bucket).
+    fixed_length, fixed_padding_waste (every example alone in a row of the largest length).
     """
     real = int(batcher.lengths.sum())
-    slots = int(sum(p.length * len(p.indices) for p in plan))
+    slots = int(sum(p.length * len(p.indices) for p in plan))  # rows x row length
     fixed = batcher.boundaries[-1]
-    fixed_batches = -(-len(batcher.examples) // batcher.batch_size)
-    fixed_slots = fixed_batches * batcher.batch_size * fixed
+    fixed_slots = len(batcher.examples) * fixed
     return {
         "batches": len(plan),
         "real_tokens": real,

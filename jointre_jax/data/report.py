@@ -17,8 +17,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jointre_jax import cli
-from jointre_jax.data.batching import Batcher, padding_stats
+from jointre_jax.data.batching import padding_stats
 from jointre_jax.data.corpus import load_split, make_encoder
+from jointre_jax.data.packing import PackedBatcher, make_batcher
 
 FLAGS = flags.FLAGS
 
@@ -35,8 +36,9 @@ def build_report(config, splits=None, progress: bool = False) -> dict:
 
     Each split: documents, criteria, examples, windowed_criteria, entities and relations
     (raw / kept / dropped by reason), excluded, ignored_lines, skipped, repaired, problems and
-    ``padding`` (see batching.padding_stats) of its batches: training batches (shuffled,
-    ``data.batch_size``) for the train split, evaluation batches for the others.
+    ``padding`` (see batching.padding_stats) of its batches as the config makes them (packed
+    rows with ``data.packing``, else length buckets; ``batch_size``: rows of a batch):
+    training batches (epoch 0) for the train split, evaluation batches for the others.
     """
     data = config.data
     splits = list(splits or [data.train_split, data.eval_split, data.test_split])
@@ -62,19 +64,14 @@ def build_report(config, splits=None, progress: bool = False) -> dict:
         loaded = load_split(config, split, encoder, progress=progress)
         entry = loaded.accounting.to_dict()
         is_train = split == data.train_split
-        batcher = Batcher(
-            loaded.examples,
-            data.bucket_boundaries,
-            data.batch_size if is_train else data.eval_batch_size,
-            seed=int(config.seed),
-            scheme=encoder.scheme,
-        )
+        batcher = make_batcher(config, loaded.examples, encoder.scheme, training=is_train)
         plan = batcher.epoch_plan(0) if is_train else batcher.eval_plan()
         entry["max_entities_per_example"] = max(
             (len(ex.entities) for ex in loaded.examples), default=0
         )
         entry["padding"] = {
-            "batch_size": batcher.batch_size,
+            "packed": isinstance(batcher, PackedBatcher),
+            "batch_size": batcher.batch_size,  # rows of a batch
             "plan": "train (epoch 0)" if is_train else "eval",
             **padding_stats(batcher, plan),
         }
@@ -130,7 +127,7 @@ def format_report(report: dict) -> str:
             out += [_table(rows, (key, *names)), ""]
     pad = [
         (key, *(splits[s]["padding"][key] for s in names))
-        for key in ("plan", "batch_size", "batches", "real_tokens", "padded_slots")
+        for key in ("plan", "packed", "batch_size", "batches", "real_tokens", "padded_slots")
     ]
     pad += [
         (key, *(f"{splits[s]['padding'][key]:.1%}" for s in names))

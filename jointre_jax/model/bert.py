@@ -187,6 +187,10 @@ class BertModel(_BertModule):
     the last hidden states [B, L, hidden] in ``dtype`` (and the pooled [B, hidden] output when
     ``add_pooling_layer``). With ``all_layers``: the embeddings and every layer's output,
     stacked [num_hidden_layers + 1, B, L, hidden] (no pooled output).
+
+    Packed rows (:mod:`jointre_jax.data.packing`) pass ``segment_ids`` int32 [B, L] (a token
+    attends only to tokens of its own segment; 0 = padding) and ``position_ids`` int32 [B, L]
+    (restarting in each segment): each segment is then encoded as if it were alone.
     """
 
     add_pooling_layer: bool = False
@@ -199,16 +203,23 @@ class BertModel(_BertModule):
         token_type_ids=None,
         deterministic: bool = True,
         all_layers: bool = False,
+        segment_ids=None,
+        position_ids=None,
     ):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
         hidden = BertEmbeddings(self.config, self.dtype, name="embeddings")(
-            input_ids, token_type_ids, positions, deterministic
+            input_ids, token_type_ids, position_ids, deterministic
         )
-        mask = (input_mask[:, None, None, :] & input_mask[:, None, :, None]) | jnp.eye(
+        if segment_ids is None:
+            segment_ids = input_mask.astype(jnp.int32)
+        segment_ids = jnp.where(input_mask, segment_ids, 0)
+        same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+        mask = (same & (segment_ids > 0)[:, None, None, :]) | jnp.eye(
             input_ids.shape[-1], dtype=bool
-        )  # padded queries attend to themselves only: no NaN rows
+        )  # [B, 1, L, L]; padded queries attend to themselves only: no NaN rows
         hidden = BertEncoder(self.config, self.dtype, name="encoder")(
             hidden, mask, deterministic, all_layers
         )

@@ -209,6 +209,10 @@ class JointModel(nn.Module):
     table as ``table_<name>`` and its relation logits as ``re_logits_<name>`` [B, N', N', R]
     (not for ``ner``).
 
+    Packed rows (:mod:`jointre_jax.data.packing`): the encoder keeps to each segment
+    (``segment_ids``, ``position_ids``) and decoding to each word segment (``word_segment``);
+    the word LSTM would read across segments and is for unpacked batches only.
+
     Word features (every head reads them): the encoder output (with ``layer_mix``, a learned
     softmax mixture of the embeddings and all layers, times a learned scale) at each word's
     first wordpiece, concatenated with that at its last wordpiece for ``word_features =
@@ -276,14 +280,15 @@ class JointModel(nn.Module):
         """Word features [B, L, D'] from the encoder output (see ``word_features``,
         ``layer_mix`` and ``word_lstm_dim`` in the class docstring)."""
         ids, mask = batch["input_ids"], batch["input_mask"]
+        packing = {k: batch.get(k) for k in ("segment_ids", "position_ids")}  # packed rows
         if self.layer_mix:
-            layers = encoder(ids, mask, deterministic=deterministic, all_layers=True)
+            layers = encoder(ids, mask, deterministic=deterministic, all_layers=True, **packing)
             weights = jax.nn.softmax(self.layer_weights).astype(layers.dtype)
             hidden = self.layer_scale.astype(layers.dtype) * jnp.einsum(
                 "l,lbtd->btd", weights, layers
             )
         else:
-            hidden = encoder(ids, mask, deterministic=deterministic)
+            hidden = encoder(ids, mask, deterministic=deterministic, **packing)
         hidden = self.dropout(hidden, deterministic=deterministic)
         words = gather(hidden, batch["word_index"])
         if self.word_features == "first_last":
@@ -335,7 +340,9 @@ class JointModel(nn.Module):
             out["predicted"] = {**gold, "score": gold["mask"].astype(jnp.float32)}
         elif {"predicted", "incremental"} & set(tables):
             logits = jax.lax.stop_gradient(out["ner_logits"])
-            out["predicted"] = self.scheme.decode(logits, batch["word_mask"], self.max_entities)
+            out["predicted"] = self.scheme.decode(
+                logits, batch["word_mask"], self.max_entities, batch.get("word_segment")
+            )
         labels, scorer = None, self.pairs if self.method != "pipeline" else self.re_pairs
         if self.method == "joint":
             labels = batch.get("ner_labels") if label_source == "gold" else None

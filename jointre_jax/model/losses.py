@@ -64,18 +64,22 @@ def ner_targets(scheme: EntityScheme, batch):
     rows = batch["row_mask"]
     if isinstance(scheme, SpanScheme):
         length = batch["word_mask"].shape[1]
-        mask = scheme.span_mask(batch["word_mask"]) & rows[:, None, None]
+        mask = scheme.span_mask(batch["word_mask"], batch.get("word_segment"))
+        mask &= rows[:, None, None]
         return scheme.span_targets(gold_table(batch), length), mask
     return batch["ner_labels"], batch["word_mask"] & rows[:, None]
 
 
-def relation_pairs(table, relations, row_mask, negative_sampling: str = "gs-based"):
+def relation_pairs(
+    table, relations, row_mask, negative_sampling: str = "gs-based", word_segment=None
+):
     """Pairs of a table's entities the RE loss is computed on, and their targets.
 
     Args:
       table: the model's ``table_gold`` (gs-based) or ``table_incremental`` [B, N'].
       relations: int32 [B, N, N] gold relation labels of the gold table (N <= N').
       row_mask: bool [B].
+      word_segment: int [B, L] or None; packed rows pair only entities of one segment.
     Returns:
       (mask bool [B, N', N'], targets int32 [B, N', N']).
     """
@@ -84,6 +88,10 @@ def relation_pairs(table, relations, row_mask, negative_sampling: str = "gs-base
     size, gold_size = table["mask"].shape[1], relations.shape[1]
     relations = jnp.pad(relations, ((0, 0), (0, size - gold_size), (0, size - gold_size)))
     distinct = ~jnp.eye(size, dtype=bool)[None]
+    if word_segment is not None:  # the segment of each entity's first word
+        start = jnp.clip(table["start"], 0, word_segment.shape[1] - 1)
+        segment = jnp.take_along_axis(word_segment, start, axis=1)
+        distinct = distinct & (segment[:, :, None] == segment[:, None, :])
     rows = row_mask[:, None, None]
     if negative_sampling == "gs-based":
         real = table["mask"]
@@ -115,6 +123,7 @@ def loss_terms(outputs, batch, options: LossOptions):
             batch["relations"],
             batch["row_mask"],
             options.negative_sampling,
+            batch.get("word_segment"),
         )
         terms["re_loss_sum"], terms["re_pairs"] = masked_cross_entropy(
             outputs[f"re_logits_{name}"], targets, mask

@@ -1,0 +1,261 @@
+"""Sequence packing: rows, plans, and a packed example getting the logits, losses and
+predictions it gets alone; one compiled shape for training and one for prediction."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jointre_jax import parallel, runtime
+from jointre_jax.data.batching import Batcher
+from jointre_jax.data.corpus import load_split, make_encoder
+from jointre_jax.data.packing import PackedBatcher, make_batcher, pack, rows_for
+from jointre_jax.labels import BioScheme
+from jointre_jax.model.losses import LossOptions, loss_terms
+from jointre_jax.predictor import Predictor
+from tests.conftest import CHIA_DIR, MINILM_DIR, needs_chia
+from tests.test_train import tiny_train_config
+
+
+def test_pack_places_every_example_once_within_both_capacities():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, 500)
+    entities = rng.integers(0, 9, 500)
+    rows = pack(lengths, entities, 64, 12, seed=3)
+    assert sorted(i for row in rows for i in row) == list(range(500))
+    assert all(lengths[row].sum() <= 64 and entities[row].sum() <= 12 for row in rows)
+    assert rows == pack(lengths, entities, 64, 12, seed=3)  # deterministic from the seed
+    assert rows != pack(lengths, entities, 64, 12, seed=4)  # ties ordered by the seed
+    # Close to the fewest rows the two capacities allow.
+    fewest = max(np.ceil(lengths.sum() / 64), np.ceil(entities.sum() / 12))
+    assert len(rows) <= 1.06 * fewest, (len(rows), fewest)
+
+
+def test_pack_gives_an_example_beyond_the_entity_slots_a_row_of_its_own():
+    rows = pack([10, 10, 10], [2, 20, 2], 64, 8)
+    assert [1] in rows and sorted(i for row in rows for i in row) == [0, 1, 2]
+    with pytest.raises(ValueError, match="exceeds rows of 64"):
+        pack([65], [0], 64, 8)
+
+
+def test_rows_for_holds_about_a_batch_and_splits_over_the_devices():
+    assert rows_for(32, 20.4, 128) == 5
+    assert rows_for(8, 20.4, 128) == 1
+    assert rows_for(8, 20.4, 128, multiple=4) == 4
+    assert rows_for(1, 3.0, 128) == 1
+
+
+def _tiny(tmp_path, decoder="bio", packing=True, num_devices=None, **model):
+    config = tiny_train_config(tmp_path, epochs=1, decoder=decoder, packing=packing)
+    if num_devices is not None:
+        config.num_devices = num_devices
+    for key, value in model.items():
+        config.model[key] = value
+    encoder = make_encoder(config)
+    data = load_split(config, "train", encoder, progress=False)
+    runtime.resolve_sizes(config, data.examples)
+    bert, _ = runtime.encoder_config(config)
+    model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
+    return config, encoder, data, model
+
+
+def test_packed_plans_are_seeded_resumable_and_cover_each_example_once(tmp_path):
+    _, encoder, data, _ = _tiny(tmp_path)
+    examples = list(data.examples) * 7  # several rows
+    batcher = PackedBatcher(examples, 32, 2, seed=5, scheme=encoder.scheme)
+    plans = [batcher.epoch_plan(e) for e in range(3)]
+    assert {len(p) for p in plans} == {batcher.steps_per_epoch()}
+    for plan in plans:
+        seen = sorted(i for p in plan for row in p.segments() for i in row)
+        assert seen == list(range(len(examples)))
+        assert {p.indices.shape[0] for p in plan} == {2} and {p.length for p in plan} == {32}
+    assert [p.indices.tolist() for p in plans[0]] != [p.indices.tolist() for p in plans[1]]
+    again = PackedBatcher(examples, 32, 2, seed=5, scheme=encoder.scheme)
+    assert [p.indices.tolist() for p in again.epoch_plan(1)] == [
+        p.indices.tolist() for p in plans[1]
+    ]
+    # A resumed epoch replays the remaining batches; each process builds its own rows.
+    full = list(batcher.iterate(plans[2]))
+    resumed = list(batcher.iterate(plans[2], start_step=2))
+    for a, b in zip(full[2:], resumed, strict=True):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    halves = [batcher.build(plans[2][0], batcher.local_rows(p, 2)) for p in range(2)]
+    assert np.array_equal(np.concatenate([h["input_ids"] for h in halves]), full[0]["input_ids"])
+    real = sum(ex.length for ex in examples)
+    assert len(batcher.rows) <= -(-real // 32) + 1  # at most one row beyond the fewest
+
+
+def _rows_of_both(config, encoder, data, length=64):
+    """A packed batch of every training example and the unpacked batch of each alone."""
+    slots = int(config.model.max_entities)
+    packed = PackedBatcher(data.examples, length, 1, scheme=encoder.scheme, max_entities=slots)
+    assert len(packed.rows) == 1  # the tiny split fits one row
+    single = Batcher(data.examples, (length,), 1, scheme=encoder.scheme, max_entities=slots)
+    plan = packed.eval_plan()[0]
+    alone = {}
+    for _row, index, words, entities in packed.example_offsets(plan):
+        alone[index] = (single.build(single._batch(np.array([index]), length)), words, entities)
+    return packed.build(plan), alone
+
+
+@pytest.mark.parametrize(
+    "decoder, options",
+    [
+        ("bio", {}),
+        ("span", {"span_pooling_dim": 8}),
+        ("span", {"word_features": "first_last", "layer_mix": True}),
+    ],
+)
+@pytest.mark.parametrize("negatives", ["gs-based", "incremental"])
+def test_a_packed_example_gets_its_logits_and_losses_alone(tmp_path, decoder, options, negatives):
+    # Slots for every span an untrained decoder finds: the row's table must cut none of them.
+    config, encoder, data, model = _tiny(tmp_path, decoder, max_entities=400, **options)
+    params = runtime.init_params(model, jax.random.key(0))
+    batch, alone = _rows_of_both(config, encoder, data)
+    assert batch["segment_ids"].max() == len(data.examples) >= 3
+    options = LossOptions(encoder.scheme, negatives, "gold")
+    tables = (options.re_table, "predicted")
+
+    def run(b):
+        out = model.apply({"params": params}, b, label_source="gold", tables=tables)
+        return out, loss_terms(out, b, options)
+
+    packed_out, packed_terms = run(batch)
+    assert int(packed_out["predicted"]["overflow"][0]) == 0
+    sums = {k: 0.0 for k in packed_terms}
+    for index, (single, words, entities) in alone.items():
+        out, terms = run(single)
+        for key in sums:
+            sums[key] += float(terms[key])
+        w = data.examples[index].num_words
+        n = len(data.examples[index].entities)
+        logits = np.asarray(packed_out["ner_logits"][0])
+        if decoder == "span":  # spans inside the example: the same scores
+            got = logits[words : words + w, words : words + w]
+            want = np.asarray(out["ner_logits"][0])[:w, :w]
+            inside = np.triu(np.ones((w, w), bool))
+            np.testing.assert_allclose(got[inside], want[inside], atol=1e-5, rtol=1e-5)
+        else:
+            got, want = logits[words : words + w], np.asarray(out["ner_logits"][0])[:w]
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+        re = np.asarray(packed_out["re_logits_gold"][0]) if "re_logits_gold" in out else None
+        if re is not None and n:
+            got = re[entities : entities + n, entities : entities + n]
+            want = np.asarray(out["re_logits_gold"][0])[:n, :n]
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    for key, value in sums.items():  # sums and denominators: the row's are the examples'
+        assert float(packed_terms[key]) == pytest.approx(value, rel=1e-5, abs=1e-5), key
+
+
+def test_bio_tags_never_continue_into_the_next_segment():
+    tags = jnp.array([[1, 2, 2, 2, 0]])  # B-0 I-0 | I-0 I-0 (segment 2) O
+    mask = jnp.array([[True, True, True, True, False]])
+    segments = jnp.array([[1, 1, 2, 2, 0]])
+    plain = BioScheme.decode_tags(tags, mask)
+    packed = BioScheme.decode_tags(tags, mask, segments)
+    assert plain["end"][0].tolist()[0] == 4
+    assert packed["first"][0].tolist() == [True, False, True, False, False]
+    assert packed["end"][0].tolist()[:3] == [2, -1, 4]
+
+
+@pytest.mark.parametrize("decoder", ["bio", "span"])
+def test_packed_and_bucketed_prediction_agree(tmp_path, decoder):
+    # Slots for every span an untrained decoder finds (a row's table holds several examples').
+    config, encoder, data, model = _tiny(tmp_path, decoder, max_entities=400)
+    mesh = runtime.make_mesh(config)
+    params = runtime.create_params(config, model, None, mesh)
+    packed = dict(Predictor(config, model, params).predict(data.examples))
+    config.data.packing = False
+    bucketed = dict(Predictor(config, model, params).predict(data.examples))
+    assert sorted(packed) == sorted(bucketed) == list(range(len(data.examples)))
+    for index in packed:
+        a, b = packed[index], bucketed[index]
+        assert [(e.start, e.end, e.label) for e in a.entities] == [
+            (e.start, e.end, e.label) for e in b.entities
+        ]
+        assert [r[:3] for r in a.relations] == [r[:3] for r in b.relations]
+        assert a.gold_relations == b.gold_relations
+        assert a.overflow == b.overflow == 0
+        np.testing.assert_allclose(
+            [e.score for e in a.entities], [e.score for e in b.entities], atol=1e-5
+        )
+
+
+def test_a_packed_epoch_compiles_one_training_and_one_prediction_shape(tmp_path):
+    config, encoder, data, model = _tiny(tmp_path, num_devices=0)  # rows over 4 devices
+    examples = list(data.examples) * 40
+    batcher = make_batcher(config, examples, encoder.scheme, training=True)
+    eval_batcher = make_batcher(config, examples, encoder.scheme, training=False)
+    assert isinstance(batcher, PackedBatcher) and len(batcher.rows) > 4
+    assert batcher.batch_size % 4 == 0  # rows a batch: a multiple of the devices
+    mesh = runtime.make_mesh(config)
+    state = runtime.create_state(config, model, None, 10, mesh)
+    train_fn = runtime.jit_train_step(mesh, state, runtime.loss_options(config, encoder.scheme))
+    predict_fn = runtime.jit_predict_step(mesh, state.params, model)
+    rng = jax.random.key(0)
+    for epoch in range(2):
+        for batch in batcher.iterate(batcher.epoch_plan(epoch)):
+            state, _ = train_fn(state, batch, rng)
+    for planned in eval_batcher.eval_plan():
+        predict_fn(state.params, eval_batcher.build(planned))
+    assert train_fn._cache_size() == 1
+    assert predict_fn._cache_size() == 1
+
+
+def test_the_word_lstm_asks_for_unpacked_batches(tmp_path):
+    with pytest.raises(ValueError, match="data.packing=False"):
+        _tiny(tmp_path, word_lstm_dim=8)
+
+
+@needs_chia
+def test_chia_rows_are_at_least_97_percent_real_wordpieces():
+    from configs import minilm_span
+
+    config = minilm_span.get_config()
+    config.data.dir, config.model.encoder = str(CHIA_DIR), str(MINILM_DIR)
+    encoder = make_encoder(config)
+    data = load_split(config, "train", encoder, progress=False)
+    runtime.resolve_sizes(config, data.examples)
+    batcher = make_batcher(config, data.examples, encoder.scheme, training=True)
+    real = sum(ex.length for ex in data.examples)
+    slots = sum(p.indices.shape[0] * p.length for p in batcher.epoch_plan(0))
+    assert real / slots >= 0.97, real / slots
+
+
+def test_compiling_ahead_leaves_every_shape_ready_and_reports_failures(tmp_path):
+    config, encoder, data, model = _tiny(tmp_path, packing=False)  # several bucket shapes
+    mesh = runtime.make_mesh(config)
+    params = runtime.create_params(config, model, None, mesh)
+    predict_fn = runtime.jit_predict_step(mesh, params, model)
+    batcher = make_batcher(config, data.examples, encoder.scheme, training=False)
+    sharding = parallel.batch_sharding(mesh)
+    batches = runtime.shape_batches(batcher, batcher.eval_plan(), sharding)
+    assert len(batches) >= 2
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params
+    )
+    ahead = runtime.CompileAhead(
+        [(f"shape {i}", predict_fn, (abstract, b)) for i, b in enumerate(batches)]
+    )
+    ahead.wait()
+    lowered = []  # every lowering of a jitted function to MLIR from here on
+
+    def listen(event, _seconds, **_):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for batch in batches:
+            predict_fn(params, batch)
+        fresh = jax.jit(lambda x: x + 1)  # the listener hears a lowering
+        fresh(1)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert predict_fn._cache_size() == len(batches)
+    assert len(lowered) == 1  # fresh's alone: the calls found every shape compiled ahead
+    broken = runtime.CompileAhead(
+        [("broken", predict_fn, (abstract, {"input_ids": batches[0]["input_ids"]}))]
+    )
+    with pytest.raises(KeyError):
+        broken.wait()
