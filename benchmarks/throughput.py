@@ -15,7 +15,8 @@ bf16 autocast when the config computes in bf16 and fused AdamW.
 The JSON holds ``train`` and ``infer`` (sentences/s, steps/s, real tokens/s for each side and
 ``jax_over_torch``, the ratio of sentences/s), ``packing`` (with ``data.packing``: the real-token
 fraction of the packed epoch, rows per batch, and the sentences/s of length-bucketed batches
-drawn from the bucketed epoch plan, ``speedup_over_buckets``), ``bucketing`` (real-token fraction
+drawn from the bucketed epoch plan, ``speedup_over_buckets``; with PyTorch, its sentences/s on
+those bucketed batches and ``jax_packed_over_torch_bucketed``), ``bucketing`` (real-token fraction
 of the bucketed epoch, sentences/s of its batches padded to the longest bucket, ``speedup``),
 ``compile`` (``first_step_seconds`` from process start to the first finished training step,
 ``total_seconds`` of compilation over the run, and the number of compiled shapes), ``memory``,
@@ -307,6 +308,9 @@ def run(
         torch_side.infer_pass(infer[:2])
         passes["torch_train"] = lambda: torch_side.train_pass(main)
         passes["torch_infer"] = lambda: torch_side.infer_pass(infer)
+        if packed:  # PyTorch on the bucketed batches too: each side on its own best path
+            torch_side.train_pass(bucketed[:2])
+            passes["torch_train_bucketed"] = lambda: torch_side.train_pass(bucketed)
     compile_other = 0.0
     if packed:  # the bucketed path side by side
         compile_start = time.perf_counter()
@@ -381,6 +385,12 @@ def run(
             "speedup_over_buckets": results["train"]["jax"]["sentences_per_s"]
             / bucket_rate["sentences_per_s"],
         }
+        if with_torch:
+            torch_rate = _rate(bucketed, best["torch_train_bucketed"], real_bucketed)
+            results["packing"]["torch_bucketed"] = torch_rate
+            results["packing"]["jax_packed_over_torch_bucketed"] = (
+                results["train"]["jax"]["sentences_per_s"] / torch_rate["sentences_per_s"]
+            )
     if fixed:
         results["bucketing"]["fixed"] = _rate(padded, best["jax_train_fixed"], real_bucketed)
         reference = best.get("jax_train_bucketed", best["jax_train"])

@@ -44,7 +44,8 @@ def make_mesh(num_devices: int = 0, fsdp: int = 1, batch_sizes=()) -> Mesh:
         if size % count:
             raise ValueError(
                 f"batch size {size} does not split over {count} devices: set "
-                "--config.data.batch_size / eval_batch_size to a multiple, or --config.num_devices"
+                "--config.data.batch_size / eval_batch_size (packed rows: data.pack_rows / "
+                "eval_pack_rows) to a multiple, or --config.num_devices"
             )
     return Mesh(np.array(devices).reshape(count // fsdp, fsdp), AXES)
 

@@ -47,6 +47,7 @@ def test_throughput_reports_every_figure(tmp_path, with_torch, packing):
             results["train"]["jax"]["sentences_per_s"] / (figures["bucketed"]["sentences_per_s"])
         )
         assert figures["speedup_over_buckets"] == pytest.approx(expected)
+        assert ("torch_bucketed" in figures) == with_torch
     else:
         assert "packing" not in results
     compile_ = results["compile"]

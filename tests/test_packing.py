@@ -1,6 +1,8 @@
 """Sequence packing: rows, plans, and a packed example getting the logits, losses and
 predictions it gets alone; one compiled shape for training and one for prediction."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -259,3 +261,14 @@ def test_compiling_ahead_leaves_every_shape_ready_and_reports_failures(tmp_path)
     )
     with pytest.raises(KeyError):
         broken.wait()
+
+
+def test_runs_saved_before_packing_keep_their_length_buckets(tmp_path):
+    from jointre_jax import inference
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"data": {"batch_size": 8}}))  # written before data.packing
+    assert inference.saved_config(path).data.packing is False
+    path.write_text(json.dumps({"data": {"packing": True, "pack_rows": 3, "eval_pack_rows": 5}}))
+    config = inference.saved_config(path)
+    assert config.data.packing and (config.data.pack_rows, config.data.eval_pack_rows) == (3, 5)
