@@ -20,8 +20,6 @@ def get_config():
     config.data.batch_size = 16
     config.optim.learning_rate = 2e-4
     config.data.max_train_examples = 2048
-    # Fewer buckets, fewer compilations: compile time dominates a run this short.
-    config.data.bucket_boundaries = (16, 32, 64, 128)
     if (
         not (pathlib.Path(config.data.dir) / "brat").is_dir()
         or not (pathlib.Path(config.model.encoder) / "config.json").is_file()
