@@ -8,8 +8,9 @@ Offsets are character (code point) offsets into the text exactly as given: CRLF,
 and trailing spaces included, so ``text[start:end] == entity.text`` always holds.
 
 Entities are whole words (the tokenizer's pre-tokenized words): an entity never begins or ends
-inside a word. Batches use the training length buckets, so a long-lived ``Extractor`` compiles
-each bucket shape once and reuses it for every later call.
+inside a word. Batches are the run's packed rows (one shape; a run trained before packing:
+its length buckets), so a long-lived ``Extractor`` compiles each shape once and reuses it for
+every later call.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ class Predictor:
     """A model and its parameters, ready to predict examples.
 
     Args:
-      config: the run's config (eval batch size, buckets).
+      config: the run's config (packed rows or length buckets, prediction batch size).
       model: the JointModel (its ``max_entities`` is the table size).
       params: its parameters, on their shardings.
     """
