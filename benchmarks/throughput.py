@@ -66,6 +66,9 @@ def _define_flags() -> None:
     )  # fmt: skip
     flags.DEFINE_bool("skip_torch", False, "Time JAX only.")
     flags.DEFINE_bool("fixed", True, "Also time the same batches padded to full length.")
+    flags.DEFINE_bool(
+        "buckets", True, "Packed configs: also time batches of the length-bucketed plan."
+    )
 
 
 # Dense bf16 peak FLOP/s of known accelerators, for MFU.
@@ -262,6 +265,7 @@ def run(
     encoder_size: str = "config",
     with_torch: bool = True,
     fixed: bool = True,
+    buckets: bool = True,
 ) -> dict:
     """All measurements for ``config``; returns the JSON-ready dict (see module docstring)."""
     threads = threads or os.cpu_count()
@@ -273,6 +277,7 @@ def run(
     runtime.resolve_sizes(config, data.examples)
     boundaries, size = config.data.bucket_boundaries, config.data.batch_size
     scheme, packed = encoder.scheme, bool(config.data.get("packing", False))
+    compare = packed and buckets  # packed rows timed against the bucketed plan
     slots = int(config.model.max_entities)
     buckets = Batcher(data.examples, boundaries, size, config.seed, scheme, slots)
     bucket_plan = buckets.epoch_plan(0)
@@ -308,11 +313,11 @@ def run(
         torch_side.infer_pass(infer[:2])
         passes["torch_train"] = lambda: torch_side.train_pass(main)
         passes["torch_infer"] = lambda: torch_side.infer_pass(infer)
-        if packed:  # PyTorch on the bucketed batches too: each side on its own best path
+        if compare:  # PyTorch on the bucketed batches too: each side on its own best path
             torch_side.train_pass(bucketed[:2])
             passes["torch_train_bucketed"] = lambda: torch_side.train_pass(bucketed)
     compile_other = 0.0
-    if packed:  # the bucketed path side by side
+    if compare:  # the bucketed path side by side
         compile_start = time.perf_counter()
         jax_side.train_pass(bucketed)
         compile_other += time.perf_counter() - compile_start
@@ -376,15 +381,17 @@ def run(
     }
     if packed:
         packing = padding_stats(batcher, plan)
-        bucket_rate = _rate(bucketed, best["jax_train_bucketed"], real_bucketed)
         results["packing"] = {
             "real_token_fraction": packing["real_token_fraction"],
             "rows_per_batch": int(planned[0].indices.shape[0]) if planned else 0,
             "row_length": int(plan[0].length) if plan else 0,
-            "bucketed": bucket_rate,
-            "speedup_over_buckets": results["train"]["jax"]["sentences_per_s"]
-            / bucket_rate["sentences_per_s"],
         }
+    if compare:
+        bucket_rate = _rate(bucketed, best["jax_train_bucketed"], real_bucketed)
+        results["packing"]["bucketed"] = bucket_rate
+        results["packing"]["speedup_over_buckets"] = (
+            results["train"]["jax"]["sentences_per_s"] / bucket_rate["sentences_per_s"]
+        )
         if with_torch:
             torch_rate = _rate(bucketed, best["torch_train_bucketed"], real_bucketed)
             results["packing"]["torch_bucketed"] = torch_rate
@@ -454,7 +461,7 @@ def main(argv):
         cli.prepare_output(FLAGS.json, "json")  # before the measurements
     results = run(
         FLAGS.config, FLAGS.train_batches, FLAGS.infer_batches, FLAGS.rounds,
-        FLAGS.threads, FLAGS.encoder_size, not FLAGS.skip_torch, FLAGS.fixed,
+        FLAGS.threads, FLAGS.encoder_size, not FLAGS.skip_torch, FLAGS.fixed, FLAGS.buckets,
     )  # fmt: skip
     print_and_save(results, FLAGS.json)
 

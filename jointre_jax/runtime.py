@@ -14,10 +14,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import os
 import pathlib
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -344,11 +347,9 @@ class CompileAhead:
     """
 
     def __init__(self, calls, threads: int = 0):
-        import concurrent.futures
-        import time
-
         self.calls = list(calls)
         self.done = 0
+        lock = threading.Lock()
         threads = threads or max(1, min(len(self.calls), os.cpu_count() or 1))
         self.pool = concurrent.futures.ThreadPoolExecutor(threads, "compile-ahead")
         self.started = time.perf_counter()
@@ -356,12 +357,13 @@ class CompileAhead:
         def compile_one(name, fn, args):
             begin = time.perf_counter()
             fn.lower(*args).compile()
-            self.done += 1
-            log.info(
-                "compiled %s in %.1f s (%d/%d ahead, %.1f s since start)", name,
-                time.perf_counter() - begin, self.done, len(self.calls),
-                time.perf_counter() - self.started,
-            )  # fmt: skip
+            with lock:
+                self.done += 1
+                log.info(
+                    "compiled %s in %.1f s (%d/%d ahead, %.1f s since start)", name,
+                    time.perf_counter() - begin, self.done, len(self.calls),
+                    time.perf_counter() - self.started,
+                )  # fmt: skip
 
         self.futures = [self.pool.submit(compile_one, *call) for call in self.calls]
         self.pool.shutdown(wait=False)

@@ -91,9 +91,10 @@ def test_gpu_check_script_runs_every_step_and_writes_its_summary(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary == json.loads(done.stdout)
+    assert "failed or timed out" not in done.stderr, done.stderr[-4000:]
     assert summary["first_step_seconds_packed"] > 0 and summary["minilm_run_seconds"] > 0
-    assert summary["epoch_packed_over_bucketed"] > 0
     assert summary["base_infer_criteria_per_s"] > 0 and summary["minilm_infer_criteria_per_s"] > 0
+    assert 0 < summary["packing_real_token_fraction"] <= 1  # tiny split: one partial batch
     assert 0 <= summary["minilm_run_test_corpus_f1"]["ner"] <= 1
     assert (out / "run" / "metrics.json").is_file()
     if HAS_TORCH:
