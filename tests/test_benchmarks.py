@@ -99,3 +99,16 @@ def test_gpu_check_script_runs_every_step_and_writes_its_summary(tmp_path):
     assert (out / "run" / "metrics.json").is_file()
     if HAS_TORCH:
         assert summary["base_train_jax_over_torch"] > 0
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_epoch_speed_times_an_epoch_plan_with_its_compilations(tmp_path, packing):
+    from benchmarks import epoch_speed
+
+    config = tiny_train_config(tmp_path, packing=packing)
+    result = epoch_speed.one_epoch(config, steps=0)
+    data = load_split(config, "train", progress=False)
+    assert result["criteria"] == len(data.examples)  # the whole epoch, every criterion once
+    assert result["train_shapes"] == (1 if packing else len(result["row_length"]))
+    assert 0 < result["first_step_seconds"] < 600
+    assert result["criteria_per_s"] == pytest.approx(result["criteria"] / result["epoch_seconds"])
