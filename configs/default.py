@@ -134,7 +134,7 @@ def get_config() -> ml_collections.ConfigDict:
     # pack_length wordpieces, each attending only to itself, so training compiles one shape
     # and prediction one. False: one example a row, padded to its length bucket.
     config.data.packing = True
-    # Wordpieces per packed row (0: max_length).
+    # Wordpieces per packed row (0: max_length; never less, so that every example fits a row).
     config.data.pack_length = 0
     # Rows per packed training batch (0: rows that hold about batch_size examples, from the
     # training data's mean length, rounded up to a multiple of the devices). Saved with the run.

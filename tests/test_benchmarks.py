@@ -76,7 +76,9 @@ def test_gpu_check_script_runs_every_step_and_writes_its_summary(tmp_path):
     """benchmarks/gpu_check.sh end to end in its smoke mode, on the tiny corpus and encoder (a
     CPU check of the script; the figures themselves need a GPU)."""
     config = tiny_train_config(tmp_path)
-    extra = "--config.model.pretrained=False --config.data.pack_length=12"
+    extra = (
+        "--config.model.pretrained=False --config.data.pack_length=12 --config.data.max_length=12"
+    )
     env = {
         **os.environ,
         "GPU_CHECK_SMOKE": "1",

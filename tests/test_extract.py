@@ -139,15 +139,16 @@ def test_extraction_benchmark_counts_what_it_timed_and_padding_changes_nothing(r
     expected = extractor.extract(texts, doc_ids)
     assert results["criteria"] == 5 and results["documents"] == 3 and results["windowed"] == 1
     assert results["entities"] == sum(len(x.entities) for x in expected)
-    for name in ("cold", "bucketed", "fixed"):
+    for name in ("cold", "warm", "fixed"):
         seconds = results[name]["seconds"]
         assert seconds > 0 and results[name]["criteria_per_s"] == pytest.approx(5 / seconds)
     assert results["speedup"] == pytest.approx(
-        results["fixed"]["seconds"] / results["bucketed"]["seconds"]
+        results["fixed"]["seconds"] / results["warm"]["seconds"]
     )
-    assert 0 < results["encode_seconds"] < results["bucketed"]["seconds"]
+    assert 0 < results["encode_seconds"] < results["warm"]["seconds"]
+    assert results["packing"] is True  # the run's own batches: packed rows
     fixed = extraction_benchmark.fixed_length_extractor(extractor)
-    assert fixed.config.data.bucket_boundaries == (128,)  # the tiny config's longest bucket
+    assert not fixed.config.data.packing and fixed.config.data.bucket_boundaries == (12,)
     padded = fixed.extract(texts, doc_ids)  # the same predictions padded to full length
     assert [x.entities for x in padded] == [x.entities for x in expected]
     assert _same_relations_up_to_rounding(padded, expected)

@@ -272,3 +272,12 @@ def test_runs_saved_before_packing_keep_their_length_buckets(tmp_path):
     path.write_text(json.dumps({"data": {"packing": True, "pack_rows": 3, "eval_pack_rows": 5}}))
     config = inference.saved_config(path)
     assert config.data.packing and (config.data.pack_rows, config.data.eval_pack_rows) == (3, 5)
+
+
+def test_rows_shorter_than_the_longest_example_are_a_user_error(tmp_path):
+    from jointre_jax.errors import UserError
+
+    config = tiny_train_config(tmp_path, epochs=1)
+    config.data.pack_length, config.data.max_length = 64, 128
+    with pytest.raises(UserError, match="data.pack_length=64 is shorter than data.max_length=128"):
+        runtime.resolve_sizes(config, [])

@@ -34,7 +34,7 @@ def tiny_train_config(
     config.data.bucket_boundaries = (8, 16, 128)
     config.data.packing = packing
     if packing:  # rows of 128 (the default) would put the whole split in one row
-        config.data.pack_length = 12
+        config.data.pack_length = config.data.max_length = 12  # every tiny criterion fits
         config.num_devices = 1
     config.data.eval_split = config.data.test_split = "train"  # learning = fitting the train set
     config.optim.learning_rate = 5e-3

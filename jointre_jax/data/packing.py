@@ -31,6 +31,7 @@ import numpy as np
 
 from jointre_jax.data.batching import Batcher, PlannedBatch, entity_slots
 from jointre_jax.data.encode import Example
+from jointre_jax.errors import UserError
 from jointre_jax.labels import EntityScheme
 
 
@@ -91,13 +92,27 @@ def row_slots(examples: Sequence[Example], length: int, multiple: int = 8) -> in
     return max(entity_slots(examples, multiple), -(-dense // multiple) * multiple)
 
 
+def row_length(config) -> int:
+    """``data.pack_length`` (0: ``data.max_length``); a UserError when shorter than
+    ``data.max_length``, since every example must fit a row."""
+    data = config.data
+    length = int(data.pack_length) or int(data.max_length)
+    if length < int(data.max_length):
+        raise UserError(
+            f"data.pack_length={length} is shorter than data.max_length={data.max_length}: "
+            "an example of max_length wordpieces must fit a row; set --config.data.pack_length "
+            "to at least max_length (or lower --config.data.max_length too)"
+        )
+    return length
+
+
 def resolve(config, examples: Sequence[Example], devices: int) -> None:
     """Sets the packing sizes left at 0 in ``config`` (in place) from the training
     ``examples``: ``data.pack_length`` (``data.max_length``), ``data.pack_rows``,
     ``data.eval_pack_rows`` and ``model.max_entities`` (see the module docstring)."""
     data = config.data
     with config.unlocked():
-        data.pack_length = int(data.pack_length) or int(data.max_length)
+        data.pack_length = row_length(config)
         mean = float(np.mean([ex.length for ex in examples])) if examples else 1.0
         if not data.pack_rows:
             data.pack_rows = rows_for(data.batch_size, mean, data.pack_length, devices)
@@ -168,7 +183,7 @@ def make_batcher(config, examples: Sequence[Example], scheme, training: bool) ->
     seed = int(config.seed) if training else 0
     slots = int(config.model.max_entities)
     if data.get("packing", False):
-        length = int(data.pack_length) or int(data.max_length)
+        length = row_length(config)
         rows = int(data.pack_rows if training else data.eval_pack_rows)
         if not rows:  # sizes not resolved (a config never trained): from these examples
             mean = float(np.mean([ex.length for ex in examples])) if examples else 1.0
