@@ -124,7 +124,15 @@ class Predictor:
         for planned in tqdm(batcher.eval_plan(), desc=desc, leave=False, disable=desc is None):
             batch = parallel.global_batch(runtime.host_rows(batcher, planned), sharding)
             out = jax.device_get(self.predict_fn(self.params, batch))
-            segments = planned.segments()
-            for row, index, words, entities in batcher.example_offsets(planned):
-                last = index == segments[row][-1]
-                yield index, decode_row(examples[index], out, row, words, entities, last)
+            for place in batcher.example_offsets(planned):
+                yield (
+                    place.index,
+                    decode_row(
+                        examples[place.index],
+                        out,
+                        place.row,
+                        place.words,
+                        place.entities,
+                        place.last,
+                    ),
+                )

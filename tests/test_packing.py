@@ -95,8 +95,9 @@ def _rows_of_both(config, encoder, data, length=64):
     single = Batcher(data.examples, (length,), 1, scheme=encoder.scheme, max_entities=slots)
     plan = packed.eval_plan()[0]
     alone = {}
-    for _row, index, words, entities in packed.example_offsets(plan):
-        alone[index] = (single.build(single._batch(np.array([index]), length)), words, entities)
+    for place in packed.example_offsets(plan):
+        one = single.build(single._batch(np.array([place.index]), length))
+        alone[place.index] = (one, place.words, place.entities)
     return packed.build(plan), alone
 
 

@@ -56,6 +56,21 @@ def bucket_for(length: int, boundaries: Sequence[int]) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where an example sits in its batch row: row, 1-based segment, example index, the
+    row's token, word and entity-slot offsets of its first token, word and entity, and
+    whether it is the row's last segment."""
+
+    row: int
+    segment: int
+    index: int
+    tokens: int
+    words: int
+    entities: int
+    last: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class PlannedBatch:
     """One global batch: its row length and example indices (-1 = none).
 
@@ -190,19 +205,27 @@ class Batcher:
         }
         probe = self.scheme.targets((), 0, length)  # the scheme's target arrays, one per word
         batch.update({k: np.zeros((size, *v.shape), v.dtype) for k, v in probe.items()})
+        for place in self._offsets(segments):
+            self._place(batch, place, length)
+        return batch
+
+    def _offsets(self, segments: list[list[int]]):
+        """:class:`Placement` of every example of ``segments`` (rows of example indices):
+        the one owner of where a segment's tokens, words and entity slots begin in its row."""
         for row, members in enumerate(segments):
             tokens = words = entities = 0
             for segment, index in enumerate(members, start=1):
                 ex = self.examples[index]
-                self._place(batch, row, segment, ex, (tokens, words, entities), length)
+                last = segment == len(members)
+                yield Placement(row, segment, index, tokens, words, entities, last)
                 tokens, words = tokens + ex.length, words + ex.num_words
-                entities = min(entities + len(ex.entities), slots)
-        return batch
+                entities = min(entities + len(ex.entities), self.max_entities)
 
-    def _place(self, batch, row: int, segment: int, ex: Example, offsets, length: int) -> None:
-        """Writes example ``ex`` into ``row`` as ``segment``, from the row's token, word and
-        entity-slot ``offsets`` on."""
-        tokens, words, entities = offsets
+    def _place(self, batch, place: Placement, length: int) -> None:
+        """Writes the example of ``place`` into its row as its segment, from the row's token,
+        word and entity-slot offsets on."""
+        row, segment, ex = place.row, place.segment, self.examples[place.index]
+        tokens, words, entities = place.tokens, place.words, place.entities
         slots = self.max_entities
         n, w = ex.length, ex.num_words
         if tokens + n > length:
@@ -231,14 +254,9 @@ class Batcher:
             batch[key][row, v] = value
 
     def example_offsets(self, planned: PlannedBatch, rows: slice = slice(None)):
-        """(row, example index, first word, first entity slot) of every example of the rows
-        ``rows`` of a planned batch: where its words and gold entities sit in its row."""
-        for row, members in enumerate(planned.segments(rows)):
-            words = entities = 0
-            for index in members:
-                yield row, index, words, entities
-                words += self.examples[index].num_words
-                entities = min(entities + len(self.examples[index].entities), self.max_entities)
+        """:class:`Placement` of every example of the rows ``rows`` of a planned batch: where
+        its words and gold entities sit in its row, and whether it is the row's last."""
+        return self._offsets(planned.segments(rows))
 
     def iterate(
         self,

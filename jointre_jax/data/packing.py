@@ -75,6 +75,11 @@ def pack(lengths, entities, length: int, slots: int, seed: int = 0) -> list[list
     return rows
 
 
+def mean_length(examples: Sequence[Example]) -> float:
+    """Mean wordpieces of ``examples`` (1 for none)."""
+    return float(np.mean([ex.length for ex in examples])) if examples else 1.0
+
+
 def rows_for(batch_size: int, mean_length: float, length: int, multiple: int = 1) -> int:
     """Rows of ``length`` that hold about ``batch_size`` examples of ``mean_length``
     wordpieces (at least one), rounded up to a multiple of ``multiple`` (the devices)."""
@@ -113,7 +118,7 @@ def resolve(config, examples: Sequence[Example], devices: int) -> None:
     data = config.data
     with config.unlocked():
         data.pack_length = row_length(config)
-        mean = float(np.mean([ex.length for ex in examples])) if examples else 1.0
+        mean = mean_length(examples)
         if not data.pack_rows:
             data.pack_rows = rows_for(data.batch_size, mean, data.pack_length, devices)
         if not data.eval_pack_rows:
@@ -186,8 +191,8 @@ def make_batcher(config, examples: Sequence[Example], scheme, training: bool) ->
         length = row_length(config)
         rows = int(data.pack_rows if training else data.eval_pack_rows)
         if not rows:  # sizes not resolved (a config never trained): from these examples
-            mean = float(np.mean([ex.length for ex in examples])) if examples else 1.0
-            rows = rows_for(data.batch_size if training else data.eval_batch_size, mean, length)
+            size = data.batch_size if training else data.eval_batch_size
+            rows = rows_for(size, mean_length(examples), length)
         return PackedBatcher(examples, length, rows, seed, scheme, slots)
     size = data.batch_size if training else data.eval_batch_size
     return Batcher(examples, data.bucket_boundaries, size, seed, scheme, slots)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from jointre_jax.labels import BioScheme, EntityScheme, SpanScheme, gold_table
+from jointre_jax.model.joint import gather
 
 NEGATIVE_SAMPLING = ("gs-based", "incremental")
 
@@ -89,8 +90,7 @@ def relation_pairs(
     relations = jnp.pad(relations, ((0, 0), (0, size - gold_size), (0, size - gold_size)))
     distinct = ~jnp.eye(size, dtype=bool)[None]
     if word_segment is not None:  # the segment of each entity's first word
-        start = jnp.clip(table["start"], 0, word_segment.shape[1] - 1)
-        segment = jnp.take_along_axis(word_segment, start, axis=1)
+        segment = gather(word_segment, table["start"])
         distinct = distinct & (segment[:, :, None] == segment[:, None, :])
     rows = row_mask[:, None, None]
     if negative_sampling == "gs-based":
