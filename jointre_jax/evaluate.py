@@ -20,6 +20,7 @@ from absl import logging as absl_logging
 
 from jointre_jax import cli
 from jointre_jax.inference import evaluate_folder
+from jointre_jax.labels import SPAN_NESTING
 
 FLAGS = flags.FLAGS
 
@@ -35,6 +36,11 @@ def _define_flags() -> None:
         "Override the run's model.decision_threshold (0: argmax; t: an entity or relation "
         "wherever 1 - P(none) >= t). Choose it on dev, never on test.",
     )  # fmt: skip
+    flags.DEFINE_enum(
+        "span_nesting", None, list(SPAN_NESTING),
+        "Override the run's model.span_nesting (span decoder: which nested entities decoding "
+        "keeps). Choose it on dev, never on test.",
+    )  # fmt: skip
 
 
 def main(argv):
@@ -44,6 +50,8 @@ def main(argv):
     overrides = {}
     if FLAGS.decision_threshold is not None:
         overrides["model.decision_threshold"] = FLAGS.decision_threshold
+    if FLAGS.span_nesting is not None:
+        overrides["model.span_nesting"] = FLAGS.span_nesting
     out = cli.prepare_output(FLAGS.out, "out")  # before the work, not after
     results = evaluate_folder(FLAGS.workdir, FLAGS.brat_dir, FLAGS.split_file, None, overrides)
     out.write_text(json.dumps(results, indent=1))

@@ -15,8 +15,10 @@ loss and the decoder all call:
   read at its anchor word (its first or last word).
 * :class:`SpanScheme` (``ner_decoder="span"``): every word span of at most ``max_width`` words
   gets one of ``types + 1`` classes (0 = no entity), as in NER as dependency parsing (Yu et al.
-  2020). Decoding keeps the highest-scoring spans whose boundaries do not cross; nesting is
-  allowed. Two entities on one word span cannot both be held (one class per span).
+  2020). Decoding keeps the highest-scoring spans whose boundaries do not cross; ``nesting``
+  says which nested spans may be kept beside each other ("any"; "other_type": not inside one of
+  its own type; "none": flat). Two entities on one word span cannot both be held (one class per
+  span).
 
 Decoding inside jit returns an **entity table** of static size N (``max_entities``): int32 [B, N]
 ``start``, ``end``, ``type`` (1 + type id, 0 for an empty slot), bool ``mask``, float32 ``score``,
@@ -33,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DECODERS = ("bio", "span")
+SPAN_NESTING = ("any", "other_type", "none")
 OVERLAP_POLICIES = ("most_relations", "longest", "shortest")
 ANCHORS = ("first", "last")
 
@@ -284,6 +287,7 @@ class SpanScheme(EntityScheme):
 
     max_width: int = 16
     threshold: float = 0.0
+    nesting: str = "any"
 
     name = "span"
     nested = True
@@ -291,6 +295,8 @@ class SpanScheme(EntityScheme):
     def __post_init__(self):
         if self.max_width < 1:
             raise ValueError(f"max_span_width must be >= 1, not {self.max_width}")
+        if self.nesting not in SPAN_NESTING:
+            raise ValueError(f"span_nesting {self.nesting!r} not in {SPAN_NESTING}")
 
     @property
     def num_classes(self) -> int:
@@ -333,6 +339,18 @@ class SpanScheme(EntityScheme):
             .set(table["type"], mode="drop")
         )
 
+    def conflicts(self, start, end, kind):
+        """bool [B, K, K]: candidates m and n (half-open word spans [B, K], classes [B, K])
+        cannot both be kept: their boundaries cross; with ``nesting`` "other_type", also one
+        inside the other with the same type; with "none", any overlap."""
+        a_start, a_end, a_kind = start[:, :, None], end[:, :, None], kind[:, :, None]
+        b_start, b_end, b_kind = start[:, None, :], end[:, None, :], kind[:, None, :]
+        conflict = crossing(a_start, a_end, b_start, b_end)
+        if self.nesting != "any":
+            overlap = (a_start < b_end) & (b_start < a_end)
+            conflict |= overlap & (a_kind == b_kind) if self.nesting == "other_type" else overlap
+        return conflict
+
     def decode(self, ner_logits, word_mask, max_entities: int, word_segment=None) -> dict:
         batch, length = word_mask.shape
         probs = jax.nn.softmax(ner_logits.astype(jnp.float32), -1)
@@ -344,10 +362,10 @@ class SpanScheme(EntityScheme):
         start, end = index // length, index % length + 1
         kind = jnp.take_along_axis(label.reshape(batch, -1), index, axis=1)
         candidate = top >= 0
-        cross = crossing(start[:, :, None], end[:, :, None], start[:, None, :], end[:, None, :])
+        conflict = self.conflicts(start, end, kind)
 
-        def accept(n, accepted):  # candidate n unless it crosses a better one already accepted
-            ok = candidate[:, n] & ~jnp.any(accepted & cross[:, n, :], axis=1)
+        def accept(n, accepted):  # candidate n unless it conflicts with a better one accepted
+            ok = candidate[:, n] & ~jnp.any(accepted & conflict[:, n, :], axis=1)
             return accepted.at[:, n].set(ok)
 
         accepted = jax.lax.fori_loop(0, count, accept, jnp.zeros_like(candidate))
@@ -367,5 +385,6 @@ def make_scheme(config) -> EntityScheme:
         policy, anchor = str(config.data.overlap_policy), str(config.data.anchor)
         return BioScheme(num_types, policy, anchor, threshold)
     if name == "span":
-        return SpanScheme(num_types, int(config.model.max_span_width), threshold)
+        nesting = str(config.model.get("span_nesting", "any"))
+        return SpanScheme(num_types, int(config.model.max_span_width), threshold, nesting)
     raise ValueError(f"model.ner_decoder {name!r} not in {DECODERS}")

@@ -180,6 +180,7 @@ def loss_options(config, scheme: EntityScheme) -> LossOptions:
         label_source=str(config.model.train_label_source),
         ner_weight=float(config.model.ner_loss_weight),
         re_weight=float(config.model.re_loss_weight),
+        boundary_smoothing=float(config.model.get("boundary_smoothing", 0.0)),
     )
 
 

@@ -10,7 +10,13 @@ import pytest
 from jointre_jax.labels import BioScheme, SpanScheme, crossing, decide
 from jointre_jax.model.bert import BertConfig
 from jointre_jax.model.joint import JointModel, PairScorer, SpanScorer, incremental_table
-from jointre_jax.model.losses import LossOptions, loss_terms, relation_pairs, total_loss
+from jointre_jax.model.losses import (
+    LossOptions,
+    loss_terms,
+    relation_pairs,
+    smoothed_span_targets,
+    total_loss,
+)
 
 TINY = BertConfig(
     vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -73,6 +79,121 @@ def test_span_decoding_keeps_nesting_and_never_crosses():
         for n in np.flatnonzero(found["mask"][0])
     ]
     assert spans == [(0, 4, 1), (1, 2, 2), (4, 6, 2)]
+
+
+def _decoded_spans(scheme, logits, words, slots):
+    found = jax.tree.map(np.asarray, scheme.decode(jnp.asarray(logits), words, slots))
+    return [
+        [
+            (found["start"][b, n], found["end"][b, n], found["type"][b, n])
+            for n in np.flatnonzero(found["mask"][b])
+        ]
+        for b in range(found["mask"].shape[0])
+    ]
+
+
+def test_span_nesting_modes_keep_what_they_say():
+    logits = np.zeros((1, 6, 6, 3), np.float32)
+    logits[..., 0] = 5.0
+    for i, j, kind, score in [
+        (0, 3, 1, 9.0),  # [0, 4) type A, best
+        (1, 1, 2, 8.0),  # [1, 2) type B inside it
+        (2, 3, 1, 7.0),  # [2, 4) type A inside [0, 4) of its own type
+        (4, 5, 2, 6.0),  # [4, 6) apart
+    ]:
+        logits[0, i, j, kind] = score
+    words = jnp.ones((1, 6), bool)
+    expected = {
+        "any": [(0, 4, 1), (1, 2, 2), (2, 4, 1), (4, 6, 2)],
+        "other_type": [(0, 4, 1), (1, 2, 2), (4, 6, 2)],
+        "none": [(0, 4, 1), (4, 6, 2)],
+    }
+    for nesting, spans in expected.items():
+        scheme = SpanScheme(2, max_width=4, nesting=nesting)
+        assert _decoded_spans(scheme, logits, words, 8) == [spans], nesting
+    with pytest.raises(ValueError, match="span_nesting"):
+        SpanScheme(2, nesting="flat")
+
+
+@pytest.mark.parametrize("nesting", ["any", "other_type", "none"])
+def test_span_decoding_random_logits_obey_the_nesting_rule(nesting):
+    """On random logits: no crossing spans ever; no same-type nesting under "other_type"; no
+    overlap at all under "none"; and every rejected candidate conflicts with a better kept one
+    (greedy by score)."""
+    scheme = SpanScheme(3, max_width=5, nesting=nesting)
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4, 10, 10, 4)).astype(np.float32) * 3
+    words = jnp.ones((4, 10), bool)
+    for b, spans in enumerate(_decoded_spans(scheme, logits, words, 60)):
+        assert len(spans) > 3
+        for (a, c, k), (d, e, m) in itertools.combinations(spans, 2):
+            assert not crossing(a, c, d, e)
+            overlap = a < e and d < c
+            if nesting == "other_type":
+                assert not (overlap and k == m), (a, c, d, e, k)
+            if nesting == "none":
+                assert not overlap
+        probs = np.asarray(jax.nn.softmax(jnp.asarray(logits[b]), -1))
+        kept = set(spans)
+        for i, j in itertools.product(range(10), range(10)):
+            k = int(probs[i, j].argmax())
+            if not 0 <= j - i < 5:
+                continue
+            if k == 0 or (i, j + 1, k) in kept:
+                continue
+            better = [(d, e, m) for d, e, m in kept if probs[d, e - 1, m] > probs[i, j, k]]
+            assert better, (i, j, k)
+
+
+def test_boundary_smoothing_targets_known_answer():
+    scheme = SpanScheme(2, max_width=4)
+    mask = scheme.span_mask(jnp.array([[True] * 5 + [False]]))
+    targets = np.zeros((1, 6, 6), np.int32)
+    targets[0, 1, 2] = 1  # words [1, 3) type A: four candidate neighbours
+    targets[0, 0, 0] = 2  # word [0, 1) type B: one neighbour, [0, 2)
+    soft = np.asarray(smoothed_span_targets(jnp.asarray(targets), mask, 3, 0.2))
+    np.testing.assert_allclose(soft.sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(soft[0, 1, 2], [0.2, 0.8, 0.0], atol=1e-6)
+    for i, j in [(0, 2), (2, 2), (1, 1), (1, 3)]:
+        np.testing.assert_allclose(soft[0, i, j], [0.95, 0.05, 0.0], atol=1e-6)
+    np.testing.assert_allclose(soft[0, 0, 0], [0.2, 0.0, 0.8], atol=1e-6)
+    np.testing.assert_allclose(soft[0, 0, 1], [0.8, 0.0, 0.2], atol=1e-6)
+    np.testing.assert_allclose(soft[0, 3, 4], [1.0, 0.0, 0.0], atol=1e-6)  # no gold nearby
+    # A gold neighbour gets nothing, and eps splits over the candidates that are not gold.
+    targets[0, 1, 1] = 1
+    soft = np.asarray(smoothed_span_targets(jnp.asarray(targets), mask, 3, 0.2))
+    np.testing.assert_allclose(soft[0, 1, 1], [0.2, 0.8, 0.0], atol=1e-6)
+    np.testing.assert_allclose(soft[0, 2, 2], [1 - 0.2 / 3, 0.2 / 3, 0.0], atol=1e-6)
+    np.testing.assert_allclose(soft[0, 0, 1], [0.6, 0.2, 0.2], atol=1e-6)  # from [1, 2), [0, 1)
+
+
+def test_boundary_smoothing_loss_is_soft_cross_entropy_and_zero_eps_is_plain():
+    scheme = SpanScheme(2, max_width=3)
+    batch = {
+        "word_mask": jnp.array([[True] * 4]),
+        "row_mask": jnp.array([True]),
+        "entity_start": jnp.array([[1]]), "entity_end": jnp.array([[3]]),
+        "entity_type": jnp.array([[1]]),
+    }  # fmt: skip
+    logits = jax.random.normal(jax.random.key(0), (1, 4, 4, 3))
+    plain = loss_terms({"ner_logits": logits}, batch, LossOptions(scheme))
+    zero = loss_terms({"ner_logits": logits}, batch, LossOptions(scheme, boundary_smoothing=0.0))
+    assert float(plain["ner_loss_sum"]) == float(zero["ner_loss_sum"])
+    smooth = loss_terms({"ner_logits": logits}, batch, LossOptions(scheme, boundary_smoothing=0.1))
+    log_p = np.asarray(jax.nn.log_softmax(logits, -1))[0]
+    mask = np.asarray(scheme.span_mask(batch["word_mask"]))[0]
+    soft = np.zeros((4, 4, 3))
+    soft[..., 0] = 1.0
+    soft[1, 2] = [0.1, 0.9, 0.0]
+    for i, j in [(0, 2), (2, 2), (1, 1), (1, 3)]:
+        soft[i, j] = [1 - 0.1 / 4, 0.1 / 4, 0.0]
+    expected = -(soft * log_p).sum(-1)[mask].sum()
+    np.testing.assert_allclose(float(smooth["ner_loss_sum"]), expected, rtol=1e-5)
+    assert float(smooth["ner_count"]) == float(plain["ner_count"]) == mask.sum()
+    with pytest.raises(ValueError, match="boundary_smoothing"):
+        LossOptions(scheme, boundary_smoothing=0.3)
+    with pytest.raises(ValueError, match="span decoder"):
+        LossOptions(BioScheme(2), boundary_smoothing=0.1)
 
 
 def test_span_decoding_never_produces_crossing_spans():

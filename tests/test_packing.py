@@ -107,6 +107,7 @@ def _rows_of_both(config, encoder, data, length=64):
         ("bio", {}),
         ("span", {"span_pooling_dim": 8}),
         ("span", {"word_features": "first_last", "layer_mix": True}),
+        ("span", {"boundary_smoothing": 0.2}),
     ],
 )
 @pytest.mark.parametrize("negatives", ["gs-based", "incremental"])
@@ -116,7 +117,8 @@ def test_a_packed_example_gets_its_logits_and_losses_alone(tmp_path, decoder, op
     params = runtime.init_params(model, jax.random.key(0))
     batch, alone = _rows_of_both(config, encoder, data)
     assert batch["segment_ids"].max() == len(data.examples) >= 3
-    options = LossOptions(encoder.scheme, negatives, "gold")
+    smoothing = float(config.model.boundary_smoothing)
+    options = LossOptions(encoder.scheme, negatives, "gold", boundary_smoothing=smoothing)
     tables = (options.re_table, "predicted")
 
     def run(b):

@@ -4,7 +4,10 @@ NER (by label scheme, :mod:`jointre_jax.labels`):
 
 * ``bio``: cross-entropy of each real word's tag;
 * ``span``: cross-entropy of every candidate span (at most ``max_span_width`` words) against
-  its gold class (1 + type, or 0 = no entity).
+  its gold class (1 + type, or 0 = no entity); with ``boundary_smoothing`` eps > 0, against
+  soft targets instead (Zhu and Li, ACL 2022): each gold span keeps 1 - eps of its class and
+  gives eps, in equal shares, to the candidate spans one boundary word away (start or end moved
+  by one word) that are not gold entities themselves.
 
 RE is scored between the entities of a table (:class:`~jointre_jax.model.joint.JointModel`),
 negatives by ``negative_sampling``:
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -29,6 +33,9 @@ from jointre_jax.labels import BioScheme, EntityScheme, SpanScheme, gold_table
 from jointre_jax.model.joint import gather
 
 NEGATIVE_SAMPLING = ("gs-based", "incremental")
+MAX_BOUNDARY_SMOOTHING = 0.25
+# The four spans one boundary word away: (start shift, end shift).
+_NEIGHBOURS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +47,21 @@ class LossOptions:
     label_source: str = "gold"
     ner_weight: float = 1.0
     re_weight: float = 1.0
+    boundary_smoothing: float = 0.0
 
     def __post_init__(self):
         if self.negative_sampling not in NEGATIVE_SAMPLING:
             raise ValueError(
                 f"negative_sampling {self.negative_sampling!r} not in {NEGATIVE_SAMPLING}"
             )
+        if not 0.0 <= self.boundary_smoothing <= MAX_BOUNDARY_SMOOTHING:
+            raise ValueError(
+                f"boundary_smoothing {self.boundary_smoothing} not in "
+                f"[0, {MAX_BOUNDARY_SMOOTHING}] (a span has four neighbours: more could give "
+                "a neighbour more than its whole target)"
+            )
+        if self.boundary_smoothing and not isinstance(self.scheme, SpanScheme):
+            raise ValueError("boundary_smoothing needs the span decoder (model.ner_decoder)")
 
     @property
     def re_table(self) -> str:
@@ -54,10 +70,49 @@ class LossOptions:
 
 
 def masked_cross_entropy(logits, labels, mask):
-    """(sum of cross-entropy over ``mask``, number of masked-in positions), both float32."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    """(sum of cross-entropy over ``mask``, number of masked-in positions), both float32.
+    ``labels``: int class ids shaped like ``logits`` without classes, or float distributions
+    shaped like ``logits``."""
+    logits = logits.astype(jnp.float32)
+    if jnp.issubdtype(labels.dtype, jnp.floating):
+        losses = optax.softmax_cross_entropy(logits, labels)
+    else:
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     mask = mask.astype(jnp.float32)
     return jnp.sum(losses * mask), jnp.sum(mask)
+
+
+def _shifted(x, di: int, dj: int):
+    """y [B, L, L, ...] with y[b, i, j] = x[b, i - di, j - dj] (0 outside)."""
+    length = x.shape[1]
+    pad = [(0, 0), (max(di, 0), max(-di, 0)), (max(dj, 0), max(-dj, 0))]
+    pad += [(0, 0)] * (x.ndim - 3)
+    padded = jnp.pad(x, pad)
+    i0, j0 = max(-di, 0), max(-dj, 0)
+    return padded[:, i0 : i0 + length, j0 : j0 + length]
+
+
+def smoothed_span_targets(targets, mask, num_classes: int, epsilon: float):
+    """Soft span targets of boundary smoothing (see the module docstring).
+
+    Args:
+      targets: int32 [B, L, L] gold span classes (0 = no entity); mask: bool [B, L, L]
+        candidate spans (:meth:`SpanScheme.span_mask`).
+    Returns:
+      float32 [B, L, L, C], each candidate's distribution: a gold span keeps 1 - eps of its
+      class (all of it when no neighbour is a candidate); a neighbour of gold spans holds the
+      sum of their shares in their classes; class 0 holds the rest everywhere.
+    """
+    gold = (targets > 0) & mask
+    onehot = jax.nn.one_hot(targets, num_classes, dtype=jnp.float32)
+    receives = (mask & ~gold).astype(jnp.float32)  # candidates that are no gold entity
+    neighbours = sum(_shifted(receives, -di, -dj) for di, dj in _NEIGHBOURS)  # at each span
+    share = jnp.where(gold & (neighbours > 0), epsilon / jnp.maximum(neighbours, 1.0), 0.0)
+    given = onehot * share[..., None]  # [B, L, L, C] what each gold span gives a neighbour
+    received = sum(_shifted(given, di, dj) for di, dj in _NEIGHBOURS) * receives[..., None]
+    kept = onehot * (1.0 - jnp.where(share > 0, epsilon, 0.0))[..., None]
+    soft = jnp.where(gold[..., None], kept, received)
+    return soft.at[..., 0].set(1.0 - jnp.sum(soft[..., 1:], axis=-1))
 
 
 def ner_targets(scheme: EntityScheme, batch):
@@ -113,6 +168,9 @@ def loss_terms(outputs, batch, options: LossOptions):
     terms = {"ner_loss_sum": zero, "ner_count": zero, "re_loss_sum": zero, "re_pairs": zero}
     if "ner_logits" in outputs:
         targets, mask = ner_targets(options.scheme, batch)
+        if options.boundary_smoothing:
+            num_classes = outputs["ner_logits"].shape[-1]
+            targets = smoothed_span_targets(targets, mask, num_classes, options.boundary_smoothing)
         terms["ner_loss_sum"], terms["ner_count"] = masked_cross_entropy(
             outputs["ner_logits"], targets, mask
         )
