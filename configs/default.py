@@ -157,8 +157,9 @@ def get_config() -> ml_collections.ConfigDict:
     # ones are counted "too_wide").
     config.model.max_span_width = 16
     # span: which nested entities decoding keeps beside each other: "any", "other_type" (never
-    # one inside another of its own type: Chia's gold nests across types 20 times as often as
-    # within one) or "none" (flat). Crossing boundaries are never kept. Training is unchanged.
+    # one inside another of its own type: of Chia's contiguous training entities, 1,166 lie
+    # inside one of another type and 34 inside one of their own) or "none" (flat). Crossing
+    # boundaries are never kept. Training is unchanged, but for incremental negatives.
     config.model.span_nesting = "any"
     # Decision rule of span classes (span decoder) and relation classes (both decoders): 0 =
     # the most probable class, "none" included (the paper's argmax); t > 0 = the most probable

@@ -500,3 +500,19 @@ def test_decision_rule_argmax_or_threshold():
     assert label.tolist() == [0, 0, 2] and np.allclose(score, [0.4, 0.7, 0.6])
     label, score = decide(probs, 0.5)  # an entity when 1 - P(none) >= 0.5
     assert label.tolist() == [1, 0, 2] and np.allclose(score, [0.35, 0.7, 0.6])
+
+
+def test_the_config_sets_the_nesting_rule_and_old_runs_keep_any(tmp_path):
+    import json
+
+    from configs import default, minilm_span
+    from jointre_jax.inference import saved_config
+    from jointre_jax.labels import make_scheme
+
+    assert make_scheme(minilm_span.get_config()).nesting == "other_type"
+    config = default.get_config()
+    assert make_scheme(config).name == "bio"  # BIO has no nesting to choose
+    saved = {"model": {"ner_decoder": "span", "max_span_width": 8}}  # a run saved before it
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    scheme = make_scheme(saved_config(tmp_path / "config.json"))
+    assert (scheme.name, scheme.nesting, scheme.max_width) == ("span", "any", 8)
