@@ -210,6 +210,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Joint loss = ner_loss_weight * NER loss + re_loss_weight * RE loss.
     config.model.ner_loss_weight = 1.0
     config.model.re_loss_weight = 1.0
+    # span: learn discontinuous entities (4% of Chia's) as linked fragments: each fragment a
+    # span of class "fragment of <type>", consecutive fragments joined by an extra relation
+    # label, read back by jointre_jax.labels.merge_fragments. False: they are dropped, counted
+    # "discontinuous", and miss against the corpus gold.
+    config.model.discontinuous = False
     # span: boundary smoothing eps of the NER loss (0: off, at most 0.25): a gold span gives eps
     # of its target to the candidate spans one boundary word away (Zhu and Li, ACL 2022).
     config.model.boundary_smoothing = 0.0

@@ -46,12 +46,11 @@ def show_extractions(workdir: pathlib.Path, count: int) -> None:
         example = chosen[index]
         entities = prediction.entities
         print(f"\n  {example.text}")
-        for e in entities:
-            mention = example.text[e.char_start : e.char_end]
+        mentions = [" ... ".join(example.text[a:b] for a, b in e.char_spans) for e in entities]
+        for e, mention in zip(entities, mentions, strict=True):
             print(f"    [{schema.entity_types[e.label]}] {mention}")
         for h, t, label, score in prediction.relations:
-            head = example.text[entities[h].char_start : entities[h].char_end]
-            tail = example.text[entities[t].char_start : entities[t].char_end]
+            head, tail = mentions[h], mentions[t]
             print(f"    {schema.relation_labels[label]}({head} -> {tail})  p={score:.2f}")
 
 

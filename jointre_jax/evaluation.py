@@ -24,6 +24,7 @@ import numpy as np
 from jointre_jax.data.brat import Document
 from jointre_jax.data.encode import Example
 from jointre_jax.data.schema import Schema
+from jointre_jax.labels import merge_fragments
 from jointre_jax.predictor import Prediction
 
 
@@ -77,39 +78,50 @@ class Scorer:
         self.re_e2e_boundaries = Counts()
         self.overflow = 0
 
+    def gold(self, example: Example):
+        """The encoded gold of ``example``: entities [(word spans, type id)] and relations
+        [(head, tail, label)] into them; discontinuous entities read back from their fragments
+        and links (``model.discontinuous``), the links left out."""
+        num_types = len(self.entity_types)
+        if all(e.label < num_types for e in example.entities):
+            return [(((e.start, e.end),), e.label) for e in example.entities], example.relations
+        spans = [(e.start, e.end) for e in example.entities]
+        labels = [e.label for e in example.entities]
+        link = len(self.relation_labels)  # the fragment link: the model's extra, last label
+        entities, relations, _ = merge_fragments(spans, labels, example.relations, num_types, link)
+        return entities, relations
+
     def add(self, key, example: Example, prediction: Prediction) -> None:
         """Scores one example; ``key`` identifies it (e.g. its index) so items never collide."""
         self.overflow += prediction.overflow
-        entities = prediction.entities
+        entities = [(e.word_spans, e.label) for e in prediction.entities]
+        gold_entities, gold_relations = self.gold(example)
         name = lambda label: self.entity_types[label]  # noqa: E731
         rel_name = lambda label: self.relation_labels[label]  # noqa: E731
         self.ner.add(
-            {(key, e.start, e.end, e.label) for e in entities},
-            {(key, s.start, s.end, s.label) for s in example.entities},
-            lambda item: name(item[3]),
+            {(key, spans, label) for spans, label in entities},
+            {(key, spans, label) for spans, label in gold_entities},
+            lambda item: name(item[2]),
         )
         if prediction.gold_relations is None:
             return
-        gold_rel = {(key, h, t, label) for h, t, label in example.relations}
+        # Among gold entities (a discontinuous one stands at its first fragment), links aside.
+        known = len(self.relation_labels)
         self.re_gs.add(
-            {(key, h, t, label) for h, t, label in prediction.gold_relations},
-            gold_rel,
+            {(key, h, t, lab) for h, t, lab in prediction.gold_relations if lab < known},
+            {(key, h, t, lab) for h, t, lab in example.relations if lab < known},
             lambda item: rel_name(item[3]),
         )
 
-        def triples(spans, rels, with_types):
-            out = set()
-            for h, t, label, *_ in rels:
-                a, b = spans[h], spans[t]
-                head = (a.start, a.end, a.label) if with_types else (a.start, a.end)
-                tail = (b.start, b.end, b.label) if with_types else (b.start, b.end)
-                out.add((key, head, tail, label))
-            return out
+        def triples(items, rels, with_types):
+            """(key, head, tail, label): head and tail are (word spans, type), or the spans."""
+            side = (lambda i: items[i]) if with_types else (lambda i: items[i][0])  # noqa: E731
+            return {(key, side(h), side(t), label) for h, t, label, *_ in rels}
 
         for counts, typed in ((self.re_e2e_strict, True), (self.re_e2e_boundaries, False)):
             counts.add(
                 triples(entities, prediction.relations, typed),
-                triples(example.entities, example.relations, typed),
+                triples(gold_entities, gold_relations, typed),
                 lambda item: rel_name(item[3]),
             )
 
@@ -203,7 +215,7 @@ class CorpusScorer:
         names = self.gold.schema.relation_labels
         keys = []
         for e in prediction.entities:
-            span = ((example.line_start + e.char_start, example.line_start + e.char_end),)
+            span = tuple((example.line_start + a, example.line_start + b) for a, b in e.char_spans)
             keys.append((types[e.label], span))
             self.entities.add((example.doc_id, *keys[-1]))
         for h, t, label, _ in prediction.relations:

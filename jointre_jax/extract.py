@@ -111,17 +111,20 @@ def write_grouped(extractions: list[DocumentExtraction], stream) -> None:
 
 def write_csv(extractions: list[DocumentExtraction], stream) -> None:
     columns = ["kind", "doc_id", "nct_id", "section", "line", "criterion_start", "criterion_end",
-               "id", "type", "start", "end", "text", "head", "tail", "score"]  # fmt: skip
+               "id", "type", "start", "end", "text", "head", "tail", "score",
+               "fragments"]  # fmt: skip
     writer = csv.writer(stream)
     writer.writerow(columns)
     for c in iter_records(extractions):
         where = [c.doc_id, c.nct_id, c.section, c.line, c.start, c.end]
         for e in c.entities:
-            writer.writerow(["entity", *where, e.id, e.type, e.start, e.end, e.text, "", "", ""])
+            fragments = ";".join(f"{a} {b}" for a, b in e.fragments)  # BRAT's way; "" if one
+            writer.writerow(["entity", *where, e.id, e.type, e.start, e.end, e.text, "", "", "",
+                             fragments])  # fmt: skip
         for n, r in enumerate(c.relations):
             relation_id = f"R{c.line}_{n + 1}"
             writer.writerow(["relation", *where, relation_id, r.type, "", "", "", r.head, r.tail,
-                             r.score])  # fmt: skip
+                             r.score, ""])  # fmt: skip
 
 
 def write_brat(extractions: list[DocumentExtraction], folder: pathlib.Path) -> None:
@@ -130,7 +133,7 @@ def write_brat(extractions: list[DocumentExtraction], folder: pathlib.Path) -> N
     if any(c.nct_id for e in extractions for c in e.criteria):
         extractions = [part for e in extractions for part in by_section(e)]
     for extraction in extractions:
-        entities = [(e.id, e.type, [(e.start, e.end)], e.text) for e in extraction.entities]
+        entities = [(e.id, e.type, list(e.spans), e.text) for e in extraction.entities]
         relations = [
             (f"R{n + 1}", r.type, r.head, r.tail) for n, r in enumerate(extraction.relations)
         ]
@@ -151,8 +154,11 @@ def by_section(extraction: DocumentExtraction) -> list[DocumentExtraction]:
             flat = trials.one_line(c.text)
             shift = offset - c.start
             entities = [
-                dataclasses.replace(e, start=e.start + shift, end=e.end + shift,
-                                    text=flat[e.start - c.start : e.end - c.start])
+                dataclasses.replace(
+                    e, start=e.start + shift, end=e.end + shift,
+                    text=" ".join(flat[a - c.start : b - c.start] for a, b in e.spans),
+                    fragments=tuple((a + shift, b + shift) for a, b in e.fragments),
+                )
                 for e in c.entities
             ]  # fmt: skip
             moved.append(dataclasses.replace(c, doc_id=doc_id, line=number, start=offset,

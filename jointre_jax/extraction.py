@@ -26,13 +26,24 @@ from jointre_jax.data.brat import Document
 
 @dataclasses.dataclass(frozen=True)
 class Entity:
-    """An extracted entity: ``text[start:end]`` of its document, of type ``type``."""
+    """An extracted entity: ``text[start:end]`` of its document, of type ``type``.
+
+    A discontinuous one (``model.discontinuous``) lists its ``fragments`` [[start, end]] in
+    the document, in text order; ``start``/``end`` are then their extent and ``text`` their
+    slices joined by single spaces, as BRAT writes it. Empty for a contiguous entity.
+    """
 
     id: str
     type: str
     start: int
     end: int
     text: str
+    fragments: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        """Its character span(s) in the document: the fragments, or the one span."""
+        return self.fragments or ((self.start, self.end),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +72,12 @@ class Criterion:
     section: str = "none"  # "inclusion", "exclusion" or "none" (plain text: "none")
 
     def to_dict(self) -> dict:
-        """JSON-ready dict: the fields above, entities and relations as dicts."""
-        return dataclasses.asdict(self)
+        """JSON-ready dict: the fields above, entities and relations as dicts (an entity's
+        ``fragments`` as [[start, end]], empty when it is contiguous)."""
+        out = dataclasses.asdict(self)
+        for entity in out["entities"]:
+            entity["fragments"] = [list(span) for span in entity["fragments"]]
+        return out
 
 
 @dataclasses.dataclass
@@ -150,11 +165,13 @@ class Extractor:
         criterion = criteria[-1]
         ids = []
         for number, entity in enumerate(prediction.entities, start=numbered + 1):
-            start = criterion.start + entity.char_start
-            end = criterion.start + entity.char_end
+            spans = tuple((criterion.start + a, criterion.start + b) for a, b in entity.char_spans)
+            text = " ".join(result.text[a:b] for a, b in spans)
+            fragments = spans if len(spans) > 1 else ()
             entity_id = f"T{number}"
             kind = self.schema.entity_types[entity.label]
-            criterion.entities.append(Entity(entity_id, kind, start, end, result.text[start:end]))
+            start, end = spans[0][0], spans[-1][1]
+            criterion.entities.append(Entity(entity_id, kind, start, end, text, fragments))
             ids.append(entity_id)
         for head, tail, label, score in prediction.relations:
             kind = self.schema.relation_labels[label]

@@ -149,6 +149,9 @@ class EntityScheme:
     nested = False
     # The decision rule of span and relation classes (see :func:`decide`); 0 = argmax.
     threshold = 0.0
+    # Discontinuous entities as linked fragments (span only; see :func:`merge_fragments`).
+    fragments = False
+    extra_relations = 0
 
     @property
     def num_classes(self) -> int:
@@ -288,6 +291,7 @@ class SpanScheme(EntityScheme):
     max_width: int = 16
     threshold: float = 0.0
     nesting: str = "any"
+    fragments: bool = False
 
     name = "span"
     nested = True
@@ -300,7 +304,12 @@ class SpanScheme(EntityScheme):
 
     @property
     def num_classes(self) -> int:
-        return 1 + self.num_types
+        return 1 + self.num_types * (2 if self.fragments else 1)
+
+    @property
+    def extra_relations(self) -> int:
+        """Relation outputs beyond the schema's: the fragment link (last label), if any."""
+        return 1 if self.fragments else 0
 
     def select(self, spans, weights) -> dict[int, str]:
         left_out = {}
@@ -376,6 +385,68 @@ class SpanScheme(EntityScheme):
         return table
 
 
+def merge_fragments(spans, labels, relations, num_types: int, link_label: int):
+    """Entities with their fragments, from a scheme's entities and fragment links (host side).
+
+    With ``fragments``, the span scheme holds a discontinuous entity of type k as one span of
+    class "fragment of k" (label ``num_types + k``) per fragment, the fragments linked in text
+    order by relations of label ``link_label`` (the model's last relation output); the
+    entity's own relations are those of its first fragment. This reads them back, for gold and
+    predictions alike: every maximal chain of links from a fragment no link enters is one
+    entity (a link joins fragments of one type, forward in the text); fragments on no chain
+    are no entity.
+
+    Args:
+      spans: [(start, end)] word spans; labels: [int] 0-based labels (>= num_types: fragment);
+      relations: [(head, tail, label, ...)] into ``spans``.
+    Returns:
+      (entities, relations, first): entities [(fragments ((start, end), ...), type)] sorted;
+      relations [(head, tail, label, ...)] into them, links left out, a fragment's relations
+      given to every entity it begins; first[i]: index into ``spans`` of entity i's first
+      fragment (or of the entity itself).
+    """
+    is_fragment = [label >= num_types for label in labels]
+    links: dict[int, list[int]] = {}
+    entered = set()
+    for head, tail, label, *_ in relations:
+        if (
+            label == link_label
+            and is_fragment[head]
+            and is_fragment[tail]
+            and labels[head] == labels[tail]
+            and spans[head][1] <= spans[tail][0]
+        ):
+            links.setdefault(head, []).append(tail)
+            entered.add(tail)
+    found = {}  # (fragments, type) -> index of the first fragment
+    for i, (span, label) in enumerate(zip(spans, labels, strict=True)):
+        if not is_fragment[i]:
+            found.setdefault(((tuple(span),), label), i)
+        elif i in links and i not in entered:
+            stack = [(i, (tuple(span),))]
+            while stack:
+                node, path = stack.pop()
+                for nxt in links.get(node, ()):
+                    stack.append((nxt, path + (tuple(spans[nxt]),)))
+                if node not in links:
+                    found.setdefault((path, label - num_types), i)
+    order = sorted(found)
+    entities = [(fragments, label) for fragments, label in order]
+    first = [found[key] for key in order]
+    owners: dict[int, list[int]] = {}
+    for n, i in enumerate(first):
+        owners.setdefault(i, []).append(n)
+    merged = []
+    for head, tail, label, *rest in relations:
+        if label == link_label:
+            continue
+        for a in owners.get(head, ()):
+            for b in owners.get(tail, ()):
+                if a != b:
+                    merged.append((a, b, label, *rest))
+    return entities, merged, first
+
+
 def make_scheme(config) -> EntityScheme:
     """The scheme of ``config.model.ner_decoder`` with its options from ``config``."""
     name = str(config.model.get("ner_decoder", "bio"))
@@ -386,5 +457,9 @@ def make_scheme(config) -> EntityScheme:
         return BioScheme(num_types, policy, anchor, threshold)
     if name == "span":
         nesting = str(config.model.get("span_nesting", "any"))
-        return SpanScheme(num_types, int(config.model.max_span_width), threshold, nesting)
+        fragments = bool(config.model.get("discontinuous", False))
+        width = int(config.model.max_span_width)
+        return SpanScheme(num_types, width, threshold, nesting, fragments)
+    if config.model.get("discontinuous", False):
+        raise ValueError("model.discontinuous needs the span decoder (model.ner_decoder='span')")
     raise ValueError(f"model.ner_decoder {name!r} not in {DECODERS}")

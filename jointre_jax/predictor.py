@@ -19,12 +19,18 @@ from jointre_jax import parallel, runtime
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.encode import Example
 from jointre_jax.data.packing import make_batcher
+from jointre_jax.labels import merge_fragments
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictedEntity:
     """A predicted entity: word span [start, end) of its example, type id, characters
-    ``text[char_start:char_end]`` of the example (whole words), the decoder's probability."""
+    ``text[char_start:char_end]`` of the example (whole words), the decoder's probability.
+
+    A discontinuous entity (``model.discontinuous``) also lists its ``fragments``: word spans
+    [(start, end)] and ``char_fragments`` [(char start, char end)] in text order; ``start`` to
+    ``end`` is then their extent. Empty for a contiguous entity.
+    """
 
     start: int
     end: int
@@ -32,6 +38,18 @@ class PredictedEntity:
     char_start: int
     char_end: int
     score: float = 1.0
+    fragments: tuple[tuple[int, int], ...] = ()
+    char_fragments: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def word_spans(self) -> tuple[tuple[int, int], ...]:
+        """Its word span(s): the fragments, or the one span."""
+        return self.fragments or ((self.start, self.end),)
+
+    @property
+    def char_spans(self) -> tuple[tuple[int, int], ...]:
+        """Its character span(s) in the example's text: the fragments, or the one span."""
+        return self.char_fragments or ((self.char_start, self.char_end),)
 
 
 @dataclasses.dataclass
@@ -94,6 +112,39 @@ def decode_row(
     return Prediction(found, relations, gold_relations, overflow)
 
 
+def read_fragments(example: Example, prediction: Prediction, scheme, link_label: int):
+    """``prediction`` with fragments and their links read back into discontinuous entities
+    (:func:`jointre_jax.labels.merge_fragments`); a fragment on no chain is no entity. A
+    discontinuous entity's score is its least probable fragment's."""
+    found = prediction.entities
+    spans = [(e.start, e.end) for e in found]
+    merged, relations, first = merge_fragments(
+        spans, [e.label for e in found], prediction.relations, scheme.num_types, link_label
+    )
+    score = {span: e.score for span, e in zip(spans, found, strict=True)}
+    entities = []
+    for (fragments, label), i in zip(merged, first, strict=True):
+        if len(fragments) == 1:
+            entities.append(found[i])
+            continue
+        chars = tuple(
+            (int(example.words[a, 0]), int(example.words[b - 1, 1])) for a, b in fragments
+        )
+        entities.append(
+            PredictedEntity(
+                fragments[0][0],
+                fragments[-1][1],
+                label,
+                chars[0][0],
+                chars[-1][1],
+                min(score[f] for f in fragments),
+                fragments,
+                chars,
+            )
+        )
+    return dataclasses.replace(prediction, entities=entities, relations=relations)
+
+
 class Predictor:
     """A model and its parameters, ready to predict examples.
 
@@ -125,14 +176,11 @@ class Predictor:
             batch = parallel.global_batch(runtime.host_rows(batcher, planned), sharding)
             out = jax.device_get(self.predict_fn(self.params, batch))
             for place in batcher.example_offsets(planned):
-                yield (
-                    place.index,
-                    decode_row(
-                        examples[place.index],
-                        out,
-                        place.row,
-                        place.words,
-                        place.entities,
-                        place.last,
-                    ),
+                example = examples[place.index]
+                prediction = decode_row(
+                    example, out, place.row, place.words, place.entities, place.last
                 )
+                if self.model.scheme.fragments:
+                    link = self.model.num_relations - 1  # the scheme's extra, last label
+                    prediction = read_fragments(example, prediction, self.model.scheme, link)
+                yield place.index, prediction

@@ -218,19 +218,20 @@ def _highlighted(criterion: Criterion, key: str) -> str:
     text, base = criterion.text, criterion.start
     roots: list = []
     stack: list = []
-    for entity in sorted(criterion.entities, key=lambda e: (e.start, -e.end)):
-        while stack and stack[-1][0].end <= entity.start:
+    pieces = [(a, b, e) for e in criterion.entities for a, b in e.spans]  # fragments apart
+    for start, end, entity in sorted(pieces, key=lambda p: (p[0], -p[1])):
+        while stack and stack[-1][1] <= start:
             stack.pop()
-        if stack and entity.end > stack[-1][0].end:
+        if stack and end > stack[-1][1]:
             continue  # crosses the enclosing entity
-        node = (entity, [])
-        (stack[-1][1] if stack else roots).append(node)
+        node = (start, end, entity, [])
+        (stack[-1][3] if stack else roots).append(node)
         stack.append(node)
 
     def render(lo: int, hi: int, nodes) -> str:
         out, position = [], lo
-        for entity, children in nodes:
-            start, end = entity.start - base, entity.end - base
+        for start, end, entity, children in nodes:
+            start, end = start - base, end - base
             out.append(html.escape(text[position:start]))
             name = css_name(entity.type)
             out.append(

@@ -156,7 +156,7 @@ def create_model(config, scheme: EntityScheme, num_relations: int, bert: BertCon
     return JointModel(
         encoder_config=bert,
         scheme=scheme,
-        num_relations=num_relations,
+        num_relations=num_relations + scheme.extra_relations,
         method=config.model.method,
         re_option=config.model.re_option,
         label_embedding_dim=config.model.ner_label_embedding_dim,

@@ -269,3 +269,46 @@ def test_choose_windows_prefers_punctuation_and_respects_spans():
 
 def test_split_lines_handles_every_line_break():
     assert split_lines("a\r\nb\nc\rd") == [(1, 0, 1), (2, 3, 4), (3, 5, 6), (4, 7, 8)]
+
+
+def test_discontinuous_entities_become_linked_fragments(tmp_path, tiny_tokenizer):
+    from jointre_jax.evaluation import Scorer
+
+    text = "heart or lung cancer and stroke\n"
+    lines = [
+        "T1\tCondition 0 5;14 20\theart cancer",  # heart ... cancer
+        t_line("T2", "Condition", text, "lung cancer"),
+        t_line("T3", "Condition", text, "stroke"),
+        "R1\tAND Arg1:T1 Arg2:T3",
+    ]
+    num_types = len(SCHEMA.entity_types)
+    condition = SCHEMA.entity_types.index("Condition")
+    link = SCHEMA.num_relation_labels
+    and_ = SCHEMA.relation_labels.index("AND")
+    (plain,), acc = encode(tmp_path, tiny_tokenizer, text, lines, scheme=SpanScheme(num_types, 4))
+    assert acc.entities.dropped == {"discontinuous": 1} and plain.relations == ()
+    scheme = SpanScheme(num_types, 4, fragments=True)
+    (example,), acc = encode(tmp_path, tiny_tokenizer, text, lines, scheme=scheme)
+    assert acc.entities.dropped == {} and acc.entities.kept == 3 and acc.relations.kept == 1
+    spans = [(e.start, e.end, e.label) for e in example.entities]
+    fragment = num_types + condition
+    assert spans == [(0, 1, fragment), (2, 4, condition), (3, 4, fragment), (5, 6, condition)]
+    assert example.relations == ((0, 2, link), (0, 3, and_))  # the link; AND at heart
+    entities, relations = Scorer(SCHEMA.entity_types, SCHEMA.relation_labels).gold(example)
+    assert entities == [
+        (((0, 1), (3, 4)), condition), (((2, 4),), condition), (((5, 6),), condition)
+    ]  # fmt: skip
+    assert relations == [(0, 2, and_)]
+
+
+def test_fragments_that_would_read_back_wrong_are_dropped(tmp_path, tiny_tokenizer):
+    text = "heart or lung or breast cancer\n"
+    lines = [
+        "T1\tCondition 0 5;9 13\theart lung",  # heart ... lung
+        "T2\tCondition 9 13;24 30\tlung cancer",  # lung ... cancer: lung continues T1
+        "T3\tCondition 17 23;24 30\tbreast cancer",  # contiguous slice, merged
+    ]
+    scheme = SpanScheme(len(SCHEMA.entity_types), 4, fragments=True)
+    (example,), acc = encode(tmp_path, tiny_tokenizer, text, lines, scheme=scheme)
+    assert acc.entities.dropped == {"fragments_ambiguous": 1}  # T2: heart-lung-cancer
+    assert acc.repaired["merged_fragments"] == 1 and acc.entities.kept == 2

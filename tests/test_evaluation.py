@@ -77,3 +77,42 @@ def test_corpus_gold_known_counts_and_scores(tmp_path):
     assert re["f1"] == pytest.approx(0.5)
     assert results["re_e2e_boundaries"]["tp"] == 1
     assert results["gold"] == {"documents": 1, "entities": 6, "relations": 2}
+
+
+def test_predicted_fragments_read_back_and_match_a_discontinuous_gold_entity(tmp_path):
+    from jointre_jax.labels import SpanScheme
+    from jointre_jax.predictor import read_fragments
+
+    doc = read_document(write_brat(tmp_path, "doc", TEXT, ANN + "\n"), lenient=True)
+    gold = CorpusGold(SCHEMA)
+    gold.add_document(doc)
+    line = TEXT[24:47]  # "heart failure or stroke": four words
+    words = np.array([[0, 5], [6, 13], [14, 16], [17, 23]], np.int32)
+    ex = Example("doc", 2, 24, 0, line, np.zeros(2, np.int32), np.zeros((0, 2), np.int32), words,
+                 np.arange(4, dtype=np.int32), (), ())  # fmt: skip
+    num_types = len(SCHEMA.entity_types)
+    condition = SCHEMA.entity_types.index("Condition")
+    scheme = SpanScheme(num_types, 4, fragments=True)
+    link = SCHEMA.num_relation_labels
+    fragment = num_types + condition
+    raw = Prediction(
+        [
+            PredictedEntity(0, 1, fragment, 0, 5, 0.9),  # heart (fragment)
+            PredictedEntity(0, 2, condition, 0, 13, 0.8),  # heart failure
+            PredictedEntity(3, 4, fragment, 17, 23, 0.7),  # stroke (fragment)
+            PredictedEntity(2, 3, fragment, 14, 16, 0.6),  # "or": a fragment on no chain
+        ],
+        [(0, 2, link, 0.9), (0, 1, SCHEMA.relation_labels.index("AND"), 0.5)],
+        None,
+    )
+    read = read_fragments(ex, raw, scheme, link)
+    assert [(e.word_spans, e.label, e.char_spans) for e in read.entities] == [
+        (((0, 1), (3, 4)), condition, ((0, 5), (17, 23))),  # heart ... stroke
+        (((0, 2),), condition, ((0, 13),)),
+    ]
+    assert read.entities[0].score == pytest.approx(0.7)  # its least probable fragment
+    assert read.relations == [(0, 1, SCHEMA.relation_labels.index("AND"), 0.5)]
+    scorer = CorpusScorer(gold)
+    scorer.add(ex, read)
+    ner = scorer.results()["ner"]
+    assert (ner["tp"], ner["fp"]) == (2, 0)  # T4 (discontinuous) and T8 (merged) match

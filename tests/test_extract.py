@@ -165,3 +165,27 @@ def _same_relations_up_to_rounding(padded, expected) -> bool:
         (a.type, a.head, a.tail) == (b.type, b.head, b.tail) and abs(a.score - b.score) < 2e-4
         for a, b in pairs
     )
+
+
+def test_a_discontinuous_entity_round_trips_through_brat_csv_and_the_page(tmp_path):
+    from jointre_jax.extraction import DocumentExtraction
+    from jointre_jax.review_page import _highlighted
+
+    text = "heart or lung cancer\n"
+    heart_cancer = Entity("T1", "Condition", 0, 20, "heart cancer", ((0, 5), (14, 20)))
+    lung_cancer = Entity("T2", "Condition", 9, 20, "lung cancer")
+    criterion = Criterion("d", 1, 0, 20, text[:20], [heart_cancer, lung_cancer])
+    extraction = DocumentExtraction("d", text, [criterion])
+    extract.write_brat([extraction], tmp_path / "out")
+    doc = read_document(tmp_path / "out" / "d.txt", lenient=False)
+    assert {(e.fragments, e.text) for e in doc.entities.values()} == {
+        (((0, 5), (14, 20)), "heart cancer"),
+        (((9, 20),), "lung cancer"),
+    }
+    stream = io.StringIO()
+    extract.write_csv([extraction], stream)
+    rows = list(csv.DictReader(io.StringIO(stream.getvalue())))
+    assert [(r["id"], r["fragments"]) for r in rows] == [("T1", "0 5;14 20"), ("T2", "")]
+    page = _highlighted(criterion, "c")
+    assert page.count('data-id="c-T1"') == 2 and page.count('data-id="c-T2"') == 1
+    assert ">heart</mark>" in page and " or " in page  # the gap is not highlighted as T1

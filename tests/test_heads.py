@@ -516,3 +516,29 @@ def test_the_config_sets_the_nesting_rule_and_old_runs_keep_any(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(saved))
     scheme = make_scheme(saved_config(tmp_path / "config.json"))
     assert (scheme.name, scheme.nesting, scheme.max_width) == ("span", "any", 8)
+
+
+def test_merge_fragments_reads_chains_back():
+    from jointre_jax.labels import merge_fragments
+
+    # Types: 0, 1 (2 types); labels 2, 3 are fragments of 0, 1. Link label 9.
+    spans = [(0, 1), (2, 3), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12)]
+    labels = [2, 2, 0, 2, 3, 2, 1]
+    relations = [
+        (0, 3, 9, 0.9),  # heart -> cancer: entity 0+3
+        (1, 3, 9, 0.8),  # lung -> cancer: shares the tail
+        (3, 5, 9, 0.7),  # cancer -> 5: continues both chains
+        (4, 5, 9, 0.6),  # a link across types: ignored
+        (5, 0, 9, 0.5),  # backwards: ignored
+        (0, 6, 4, 0.4),  # a relation of the fragment that begins an entity
+        (2, 6, 5, 0.3),  # between plain entities
+    ]
+    entities, merged, first = merge_fragments(spans, labels, relations, 2, 9)
+    assert entities == [
+        (((0, 1), (5, 6), (9, 10)), 0),
+        (((2, 3), (5, 6), (9, 10)), 0),
+        (((3, 4),), 0),
+        (((11, 12),), 1),
+    ]  # sorted; fragment 4 links to no fragment of its type: no entity
+    assert first == [0, 1, 2, 6]
+    assert merged == [(0, 3, 4, 0.4), (2, 3, 5, 0.3)]

@@ -10,7 +10,13 @@ Policies for what an example cannot hold (each drop is counted under the reason 
 
 * "crosses_line": an entity whose span runs past the end of its criterion line.
 * "discontinuous": an entity of several fragments, unless the slice from its first start to
-  its last end is exactly its mention (then it is kept, repaired "merged_fragments").
+  its last end is exactly its mention (then it is kept, repaired "merged_fragments"). With the
+  span scheme's ``fragments`` (``model.discontinuous``) it is kept instead, as one span of
+  class "fragment of its type" (label ``num_types + type``) per fragment, shared by the
+  entities with that fragment, and fragment links (the schema's relation labels + 1) from each
+  fragment to the next; its own relations are its first fragment's. "fragments_ambiguous":
+  one that :func:`~jointre_jax.labels.merge_fragments` would not read back exactly beside the
+  others of its line (a first fragment that another one continues or shares).
 * "inside_word": an entity edge falls inside a word (0.4% of Chia's entities; most are parts of
   a hyphen-free compound or a unit glued to a number). Whole words are the unit: the entity is
   dropped from the training targets and, scored against the corpus gold, counts as a miss.
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import re
 
 import numpy as np
@@ -39,7 +46,7 @@ import numpy as np
 from jointre_jax.data.accounting import Accounting
 from jointre_jax.data.brat import Document, Entity
 from jointre_jax.data.schema import RelationCandidate, Schema
-from jointre_jax.labels import BioScheme, EntityScheme
+from jointre_jax.labels import BioScheme, EntityScheme, merge_fragments
 
 _LINE_BREAK = re.compile(r"\r\n|\n|\r")
 _CUT_AFTER = frozenset(".;,:!?)")
@@ -194,6 +201,8 @@ class Encoder:
                 if doc.text[entity.start : entity.end] == entity.text:
                     acc.repaired["merged_fragments"] += 1
                     per_line.setdefault(k, []).append((entity, entity.start, entity.end))
+                elif self.scheme.fragments:
+                    per_line.setdefault(k, []).append((entity, entity.start, entity.end))
                 else:
                     dropped[entity.id] = "discontinuous"
             else:
@@ -207,6 +216,7 @@ class Encoder:
         tokenized = self.tokenize([doc.text[a:b] for _, a, b in lines])
         placed: dict[str, tuple[int, int, int]] = {}  # entity id -> (line k, window, index)
         examples: list[Example] = []
+        window_links: list[list[tuple[int, int]]] = []  # fragment links of each example
         for k, (number, line_start, line_end) in enumerate(lines):
             ids, offsets, word_of = tokenized[k]
             text = doc.text[line_start:line_end]
@@ -216,30 +226,33 @@ class Encoder:
             starts = {int(a): w for w, (a, _) in enumerate(words)}
             ends = {int(b): w + 1 for w, (_, b) in enumerate(words)}
             aligned = []  # (entity, word start, word end, char start, char end)
+            split = []  # (entity, [(word start, word end, char start, char end)] of fragments)
             for entity, a, b in per_line.get(k, []):
-                a, b = a - line_start, b - line_start
-                if a in starts and b in ends and starts[a] < ends[b]:
-                    aligned.append((entity, starts[a], ends[b], a, b))
-                else:
+                pieces = [(a, b)]
+                if self.scheme.fragments and entity.text != doc.text[a:b]:
+                    pieces = list(entity.fragments)  # discontinuous: its fragments
+                words_of = []
+                for a, b in pieces:
+                    a, b = a - line_start, b - line_start
+                    if a in starts and b in ends and starts[a] < ends[b]:
+                        words_of.append((starts[a], ends[b], a, b))
+                if len(words_of) < len(pieces):
                     dropped[entity.id] = "inside_word"
-            left_out = self.scheme.select(
-                [(s, e) for _, s, e, _, _ in aligned],
-                [1 + relation_weight.get(ent.id, 0) for ent, *_ in aligned],
-            )
-            for i, reason in left_out.items():
-                dropped[aligned[i][0].id] = reason
-            kept = sorted(
-                (item for i, item in enumerate(aligned) if i not in left_out),
-                key=lambda item: (item[1], item[2]),
-            )
+                elif len(pieces) == 1:
+                    aligned.append((entity, *words_of[0]))
+                else:
+                    split.append((entity, words_of))
+            kept, fragments = self._select(aligned, split, relation_weight, dropped)
             token_texts = [text[a:b] for a, b in offsets]
             word_cuts = np.zeros(len(ids) + 1, bool)
             word_cuts[first_piece] = True
             word_cuts[len(ids)] = True
+            extents = [(s, e) for _, s, e, _, _ in kept]
+            extents += [(pieces[0][0], pieces[-1][1]) for _, pieces in fragments]
             windows = choose_windows(
                 len(ids),
                 self.max_length - 2,
-                [(first_piece[s], last_piece[e - 1] + 1) for _, s, e, _, _ in kept],
+                [(first_piece[s], last_piece[e - 1] + 1) for s, e in extents],
                 token_texts,
                 word_cuts,
             )
@@ -258,6 +271,17 @@ class Encoder:
                         spans.append(EntitySpan(s - w_first, e - w_first, label, a, b, entity.id))
                     elif s < w_last and e > w_first:
                         dropped[entity.id] = "window_too_short"
+                links, firsts = self._place_fragments(fragments, (w_first, w_last), spans, dropped)
+                placed.update({ann_id: (k, w, n) for ann_id, n in firsts.items()})
+                order = sorted(range(len(spans)), key=lambda i: (spans[i].start, spans[i].end))
+                if order != list(range(len(spans))):  # fragments among the entities: re-sort
+                    new_index = {old: new for new, old in enumerate(order)}
+                    spans = [spans[i] for i in order]
+                    for ann_id, (pk, pw, pi) in list(placed.items()):
+                        if (pk, pw) == (k, w):
+                            placed[ann_id] = (pk, pw, new_index[pi])
+                    links = [(new_index[h], new_index[t]) for h, t in links]
+                window_links.append(links)
                 examples.append(
                     Example(
                         doc.doc_id,
@@ -282,7 +306,105 @@ class Encoder:
         reasons = {e.id: e.problem for e in doc.entities.values() if e.problem}
         reasons.update(dropped)
         self._attach_relations(relations, placed, reasons, examples, lines, acc)
+        if self.scheme.fragments:
+            link = self.schema.num_relation_labels  # the model's extra, last relation label
+            for i, links in enumerate(window_links):
+                if links:
+                    rels = tuple(
+                        sorted(examples[i].relations + tuple((h, t, link) for h, t in links))
+                    )
+                    examples[i] = dataclasses.replace(examples[i], relations=rels)
         return examples
+
+    def _select(self, aligned, split, relation_weight, dropped):
+        """The entities of one line that its examples hold: (kept, fragments).
+
+        ``aligned``: contiguous entities (entity, word start, word end, char start, char end);
+        ``split``: discontinuous ones (entity, [(word start, word end, char start, char end)]
+        of its fragments), with ``fragments`` only. Fragments of one type on one span are one
+        span of the scheme, shared. The scheme's ``select`` sees every span; a discontinuous
+        entity whose fragment is left out goes with it. A discontinuous entity is kept only
+        when :func:`merge_fragments` reads it back exactly beside the others kept
+        ("fragments_ambiguous" otherwise). Returns the kept contiguous entities sorted by
+        (start, end), and the kept discontinuous ones in line order.
+        """
+        items: dict[tuple[int, int, str], list] = {}  # (start, end, type): [weight, owners]
+        for entity, pieces in split:
+            for start, end, _, _ in pieces:
+                item = items.setdefault((start, end, entity.type), [0, []])
+                item[0] += 1 + relation_weight.get(entity.id, 0)
+                item[1].append(entity.id)
+        keys = list(items)
+        left_out = self.scheme.select(
+            [(s, e) for _, s, e, _, _ in aligned] + [(s, e) for s, e, _ in keys],
+            [1 + relation_weight.get(ent.id, 0) for ent, *_ in aligned]
+            + [items[key][0] for key in keys],
+        )
+        for i, reason in left_out.items():
+            if i < len(aligned):
+                dropped[aligned[i][0].id] = reason
+            else:
+                for owner in items[keys[i - len(aligned)]][1]:
+                    dropped.setdefault(owner, reason)
+        kept = sorted(
+            (item for i, item in enumerate(aligned) if i not in left_out),
+            key=lambda item: (item[1], item[2]),
+        )
+        fragments = []
+        for entity, pieces in split:
+            if entity.id in dropped:
+                continue
+            if self._read_back(fragments + [(entity, pieces)]):
+                fragments.append((entity, pieces))
+            else:
+                dropped[entity.id] = "fragments_ambiguous"
+        return kept, fragments
+
+    def _read_back(self, fragments) -> bool:
+        """Whether :func:`merge_fragments` gives back exactly these discontinuous entities
+        from their fragments and links, each first fragment beginning only its own."""
+        num_types = self.scheme.num_types
+        index: dict[tuple[int, int, int], int] = {}
+        links, want, firsts = [], set(), set()
+        for entity, pieces in fragments:
+            label = self.schema.entity_type_id(entity.type)
+            idx = [index.setdefault((s, e, label), len(index)) for s, e, _, _ in pieces]
+            links += [(h, t, 1) for h, t in itertools.pairwise(idx)]
+            want.add((tuple((s, e) for s, e, _, _ in pieces), label))
+            firsts.add(idx[0])
+        spans = [(s, e) for s, e, _ in index]
+        labels = [num_types + label for _, _, label in index]
+        got, _, _ = merge_fragments(spans, labels, links, num_types, 1)
+        return set(got) == want and len(firsts) == len(fragments)
+
+    def _place_fragments(self, fragments, window, spans, dropped):
+        """Appends the fragment spans of the discontinuous entities inside word ``window``
+        (first, end) to ``spans`` (one per distinct span and type). Returns their links
+        [(earlier fragment, next fragment)] as indices into ``spans``, and where each entity
+        is placed: {entity id: index of its first fragment}."""
+        w_first, w_last = window
+        num_types = self.scheme.num_types
+        index: dict[tuple[int, int, int], int] = {}
+        links: set[tuple[int, int]] = set()
+        firsts: dict[str, int] = {}
+        for entity, pieces in fragments:
+            first, last = pieces[0][0], pieces[-1][1]
+            if not (first >= w_first and last <= w_last):
+                if first < w_last and last > w_first:
+                    dropped[entity.id] = "window_too_short"
+                continue
+            label = self.schema.entity_type_id(entity.type)
+            idx = []
+            for s, e, a, b in pieces:
+                if (s, e, label) not in index:
+                    index[(s, e, label)] = len(spans)
+                    spans.append(
+                        EntitySpan(s - w_first, e - w_first, num_types + label, a, b, entity.id)
+                    )
+                idx.append(index[(s, e, label)])
+            firsts[entity.id] = idx[0]
+            links.update(itertools.pairwise(idx))
+        return sorted(links), firsts
 
     def _input_ids(self, ids: np.ndarray) -> np.ndarray:
         specials = self.tokenizer
