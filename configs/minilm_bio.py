@@ -14,4 +14,5 @@ def get_config():
     """``minilm_span`` with the BIO decoder."""
     config = minilm_span.get_config()
     config.model.ner_decoder = "bio"
+    config.model.discontinuous = False  # BIO cannot hold fragments: they stay dropped
     return config

@@ -509,13 +509,15 @@ def test_the_config_sets_the_nesting_rule_and_old_runs_keep_any(tmp_path):
     from jointre_jax.inference import saved_config
     from jointre_jax.labels import make_scheme
 
-    assert make_scheme(minilm_span.get_config()).nesting == "other_type"
+    scheme = make_scheme(minilm_span.get_config())
+    assert (scheme.nesting, scheme.fragments, scheme.num_classes) == ("other_type", True, 31)
     config = default.get_config()
     assert make_scheme(config).name == "bio"  # BIO has no nesting to choose
     saved = {"model": {"ner_decoder": "span", "max_span_width": 8}}  # a run saved before it
     (tmp_path / "config.json").write_text(json.dumps(saved))
     scheme = make_scheme(saved_config(tmp_path / "config.json"))
     assert (scheme.name, scheme.nesting, scheme.max_width) == ("span", "any", 8)
+    assert not scheme.fragments and scheme.num_classes == 16
 
 
 def test_merge_fragments_reads_chains_back():
