@@ -24,7 +24,7 @@ import numpy as np
 from jointre_jax.data.brat import Document
 from jointre_jax.data.encode import Example
 from jointre_jax.data.schema import Schema
-from jointre_jax.labels import merge_fragments
+from jointre_jax.labels import fragment_link_label, merge_fragments
 from jointre_jax.predictor import Prediction
 
 
@@ -87,7 +87,7 @@ class Scorer:
             return [(((e.start, e.end),), e.label) for e in example.entities], example.relations
         spans = [(e.start, e.end) for e in example.entities]
         labels = [e.label for e in example.entities]
-        link = len(self.relation_labels)  # the fragment link: the model's extra, last label
+        link = fragment_link_label(len(self.relation_labels))
         entities, relations, _ = merge_fragments(spans, labels, example.relations, num_types, link)
         return entities, relations
 
@@ -106,10 +106,10 @@ class Scorer:
         if prediction.gold_relations is None:
             return
         # Among gold entities (a discontinuous one stands at its first fragment), links aside.
-        known = len(self.relation_labels)
+        link = fragment_link_label(len(self.relation_labels))
         self.re_gs.add(
-            {(key, h, t, lab) for h, t, lab in prediction.gold_relations if lab < known},
-            {(key, h, t, lab) for h, t, lab in example.relations if lab < known},
+            {(key, h, t, lab) for h, t, lab in prediction.gold_relations if lab != link},
+            {(key, h, t, lab) for h, t, lab in example.relations if lab != link},
             lambda item: rel_name(item[3]),
         )
 

@@ -5,7 +5,8 @@ breaks; blank lines give nothing). A line longer than the model's maximum length
 windows at word boundaries (never truncated); each window is predicted on its own and their
 entities are merged back into the line, so relations only join entities of one window.
 Offsets are character (code point) offsets into the text exactly as given: CRLF, tabs, Unicode
-and trailing spaces included, so ``text[start:end] == entity.text`` always holds.
+and trailing spaces included, so ``text[start:end] == entity.text`` holds for every contiguous
+entity (a discontinuous one joins its ``fragments``' slices by single spaces).
 
 Entities are whole words (the tokenizer's pre-tokenized words): an entity never begins or ends
 inside a word. Batches are the run's packed rows (one shape; a run trained before packing:

@@ -385,6 +385,12 @@ class SpanScheme(EntityScheme):
         return table
 
 
+def fragment_link_label(num_relation_labels: int) -> int:
+    """The relation label id of a fragment link: one past the schema's ``num_relation_labels``
+    (the model's extra, last relation output; :attr:`SpanScheme.extra_relations`)."""
+    return num_relation_labels
+
+
 def merge_fragments(spans, labels, relations, num_types: int, link_label: int):
     """Entities with their fragments, from a scheme's entities and fragment links (host side).
 

@@ -19,7 +19,7 @@ from jointre_jax import parallel, runtime
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.encode import Example
 from jointre_jax.data.packing import make_batcher
-from jointre_jax.labels import merge_fragments
+from jointre_jax.labels import fragment_link_label, merge_fragments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,24 +112,27 @@ def decode_row(
     return Prediction(found, relations, gold_relations, overflow)
 
 
-def read_fragments(example: Example, prediction: Prediction, scheme, link_label: int):
+def read_fragments(prediction: Prediction, scheme, link_label: int) -> Prediction:
     """``prediction`` with fragments and their links read back into discontinuous entities
     (:func:`jointre_jax.labels.merge_fragments`); a fragment on no chain is no entity. A
-    discontinuous entity's score is its least probable fragment's."""
+    discontinuous entity's characters are its fragments' and its score is its least probable
+    fragment's."""
     found = prediction.entities
-    spans = [(e.start, e.end) for e in found]
     merged, relations, first = merge_fragments(
-        spans, [e.label for e in found], prediction.relations, scheme.num_types, link_label
+        [(e.start, e.end) for e in found],
+        [e.label for e in found],
+        prediction.relations,
+        scheme.num_types,
+        link_label,
     )
-    score = {span: e.score for span, e in zip(spans, found, strict=True)}
+    by_span = {(e.start, e.end): e for e in found}  # one class per span: unique
     entities = []
     for (fragments, label), i in zip(merged, first, strict=True):
         if len(fragments) == 1:
             entities.append(found[i])
             continue
-        chars = tuple(
-            (int(example.words[a, 0]), int(example.words[b - 1, 1])) for a, b in fragments
-        )
+        parts = [by_span[span] for span in fragments]
+        chars = tuple((e.char_start, e.char_end) for e in parts)
         entities.append(
             PredictedEntity(
                 fragments[0][0],
@@ -137,7 +140,7 @@ def read_fragments(example: Example, prediction: Prediction, scheme, link_label:
                 label,
                 chars[0][0],
                 chars[-1][1],
-                min(score[f] for f in fragments),
+                min(e.score for e in parts),
                 fragments,
                 chars,
             )
@@ -172,15 +175,15 @@ class Predictor:
         (longest first, or packing order). ``desc`` names a progress bar (None: no bar)."""
         batcher = self.batcher(examples)
         sharding = parallel.batch_sharding(runtime.params_mesh(self.params))
+        scheme = self.model.scheme
+        link = fragment_link_label(self.model.num_relations - scheme.extra_relations)
         for planned in tqdm(batcher.eval_plan(), desc=desc, leave=False, disable=desc is None):
             batch = parallel.global_batch(runtime.host_rows(batcher, planned), sharding)
             out = jax.device_get(self.predict_fn(self.params, batch))
             for place in batcher.example_offsets(planned):
-                example = examples[place.index]
                 prediction = decode_row(
-                    example, out, place.row, place.words, place.entities, place.last
+                    examples[place.index], out, place.row, place.words, place.entities, place.last
                 )
-                if self.model.scheme.fragments:
-                    link = self.model.num_relations - 1  # the scheme's extra, last label
-                    prediction = read_fragments(example, prediction, self.model.scheme, link)
+                if scheme.fragments:
+                    prediction = read_fragments(prediction, scheme, link)
                 yield place.index, prediction

@@ -105,7 +105,7 @@ def test_predicted_fragments_read_back_and_match_a_discontinuous_gold_entity(tmp
         [(0, 2, link, 0.9), (0, 1, SCHEMA.relation_labels.index("AND"), 0.5)],
         None,
     )
-    read = read_fragments(ex, raw, scheme, link)
+    read = read_fragments(raw, scheme, link)
     assert [(e.word_spans, e.label, e.char_spans) for e in read.entities] == [
         (((0, 1), (3, 4)), condition, ((0, 5), (17, 23))),  # heart ... stroke
         (((0, 2),), condition, ((0, 13),)),

@@ -141,7 +141,18 @@ def test_span_decoding_random_logits_obey_the_nesting_rule(nesting):
                 continue
             if k == 0 or (i, j + 1, k) in kept:
                 continue
-            better = [(d, e, m) for d, e, m in kept if probs[d, e - 1, m] > probs[i, j, k]]
+            a, c = i, j + 1
+
+            def conflicts(d, e, m, a=a, c=c, k=k):
+                overlap = a < e and d < c
+                same = overlap and m == k if nesting == "other_type" else overlap
+                return crossing(a, c, d, e) or (nesting != "any" and same)
+
+            better = [
+                (d, e, m)
+                for d, e, m in kept
+                if probs[d, e - 1, m] > probs[i, j, k] and conflicts(d, e, m)
+            ]
             assert better, (i, j, k)
 
 

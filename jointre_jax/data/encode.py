@@ -46,7 +46,7 @@ import numpy as np
 from jointre_jax.data.accounting import Accounting
 from jointre_jax.data.brat import Document, Entity
 from jointre_jax.data.schema import RelationCandidate, Schema
-from jointre_jax.labels import BioScheme, EntityScheme, merge_fragments
+from jointre_jax.labels import BioScheme, EntityScheme, fragment_link_label, merge_fragments
 
 _LINE_BREAK = re.compile(r"\r\n|\n|\r")
 _CUT_AFTER = frozenset(".;,:!?)")
@@ -263,25 +263,34 @@ class Encoder:
                 if not len(in_window):
                     continue
                 w_first, w_last = int(in_window[0]), int(in_window[-1]) + 1
-                spans = []
+                rows = []  # (start, end, label, char start, char end, entity id), in window
+                here = {}  # entity id -> its row (a discontinuous one: its first fragment's)
                 for entity, s, e, a, b in kept:
                     if s >= w_first and e <= w_last:
-                        placed[entity.id] = (k, w, len(spans))
+                        here[entity.id] = len(rows)
                         label = self.schema.entity_type_id(entity.type)
-                        spans.append(EntitySpan(s - w_first, e - w_first, label, a, b, entity.id))
+                        rows.append((s, e, label, a, b, entity.id))
                     elif s < w_last and e > w_first:
                         dropped[entity.id] = "window_too_short"
-                links, firsts = self._place_fragments(fragments, (w_first, w_last), spans, dropped)
-                placed.update({ann_id: (k, w, n) for ann_id, n in firsts.items()})
-                order = sorted(range(len(spans)), key=lambda i: (spans[i].start, spans[i].end))
-                if order != list(range(len(spans))):  # fragments among the entities: re-sort
-                    new_index = {old: new for new, old in enumerate(order)}
-                    spans = [spans[i] for i in order]
-                    for ann_id, (pk, pw, pi) in list(placed.items()):
-                        if (pk, pw) == (k, w):
-                            placed[ann_id] = (pk, pw, new_index[pi])
-                    links = [(new_index[h], new_index[t]) for h, t in links]
-                window_links.append(links)
+                inside = []
+                for entity, pieces in fragments:
+                    first, last = pieces[0][0], pieces[-1][1]
+                    if first >= w_first and last <= w_last:
+                        inside.append((entity, pieces))
+                    elif first < w_last and last > w_first:
+                        dropped[entity.id] = "window_too_short"
+                pieces, links, firsts = self._fragment_spans(inside)
+                here.update({ann_id: len(rows) + n for ann_id, n in firsts.items()})
+                links = [(len(rows) + h, len(rows) + t) for h, t in links]
+                rows += pieces
+                order = sorted(range(len(rows)), key=lambda i: rows[i][:2])  # (start, end)
+                position = {old: new for new, old in enumerate(order)}
+                placed.update({ann_id: (k, w, position[n]) for ann_id, n in here.items()})
+                window_links.append(sorted((position[h], position[t]) for h, t in links))
+                spans = [
+                    EntitySpan(s - w_first, e - w_first, label, a, b, ann_id)
+                    for s, e, label, a, b, ann_id in (rows[i] for i in order)
+                ]
                 examples.append(
                     Example(
                         doc.doc_id,
@@ -307,7 +316,7 @@ class Encoder:
         reasons.update(dropped)
         self._attach_relations(relations, placed, reasons, examples, lines, acc)
         if self.scheme.fragments:
-            link = self.schema.num_relation_labels  # the model's extra, last relation label
+            link = fragment_link_label(self.schema.num_relation_labels)
             for i, links in enumerate(window_links):
                 if links:
                     rels = tuple(
@@ -360,51 +369,46 @@ class Encoder:
                 dropped[entity.id] = "fragments_ambiguous"
         return kept, fragments
 
-    def _read_back(self, fragments) -> bool:
-        """Whether :func:`merge_fragments` gives back exactly these discontinuous entities
-        from their fragments and links, each first fragment beginning only its own."""
-        num_types = self.scheme.num_types
-        index: dict[tuple[int, int, int], int] = {}
-        links, want, firsts = [], set(), set()
-        for entity, pieces in fragments:
-            label = self.schema.entity_type_id(entity.type)
-            idx = [index.setdefault((s, e, label), len(index)) for s, e, _, _ in pieces]
-            links += [(h, t, 1) for h, t in itertools.pairwise(idx)]
-            want.add((tuple((s, e) for s, e, _, _ in pieces), label))
-            firsts.add(idx[0])
-        spans = [(s, e) for s, e, _ in index]
-        labels = [num_types + label for _, _, label in index]
-        got, _, _ = merge_fragments(spans, labels, links, num_types, 1)
-        return set(got) == want and len(firsts) == len(fragments)
+    def _fragment_spans(self, fragments):
+        """The scheme's spans of discontinuous entities: (spans, links, firsts).
 
-    def _place_fragments(self, fragments, window, spans, dropped):
-        """Appends the fragment spans of the discontinuous entities inside word ``window``
-        (first, end) to ``spans`` (one per distinct span and type). Returns their links
-        [(earlier fragment, next fragment)] as indices into ``spans``, and where each entity
-        is placed: {entity id: index of its first fragment}."""
-        w_first, w_last = window
+        ``spans``: [(word start, word end, label, char start, char end, entity id)], one per
+        distinct fragment span and type (label ``num_types + type``; the id of the first entity
+        with it); ``links``: [(fragment, next fragment)] into ``spans``, sorted; ``firsts``:
+        {entity id: index of its first fragment}.
+        """
         num_types = self.scheme.num_types
         index: dict[tuple[int, int, int], int] = {}
-        links: set[tuple[int, int]] = set()
-        firsts: dict[str, int] = {}
+        spans, links, firsts = [], set(), {}
         for entity, pieces in fragments:
-            first, last = pieces[0][0], pieces[-1][1]
-            if not (first >= w_first and last <= w_last):
-                if first < w_last and last > w_first:
-                    dropped[entity.id] = "window_too_short"
-                continue
-            label = self.schema.entity_type_id(entity.type)
+            label = num_types + self.schema.entity_type_id(entity.type)
             idx = []
             for s, e, a, b in pieces:
                 if (s, e, label) not in index:
                     index[(s, e, label)] = len(spans)
-                    spans.append(
-                        EntitySpan(s - w_first, e - w_first, num_types + label, a, b, entity.id)
-                    )
+                    spans.append((s, e, label, a, b, entity.id))
                 idx.append(index[(s, e, label)])
             firsts[entity.id] = idx[0]
             links.update(itertools.pairwise(idx))
-        return sorted(links), firsts
+        return spans, sorted(links), firsts
+
+    def _read_back(self, fragments) -> bool:
+        """Whether :func:`merge_fragments` gives back exactly these discontinuous entities
+        from their fragments and links, each first fragment beginning only its own."""
+        num_types = self.scheme.num_types
+        spans, links, firsts = self._fragment_spans(fragments)
+        want = {
+            (tuple((s, e) for s, e, _, _ in pieces), self.schema.entity_type_id(entity.type))
+            for entity, pieces in fragments
+        }
+        got, _, _ = merge_fragments(
+            [(s, e) for s, e, *_ in spans],
+            [label for _, _, label, *_ in spans],
+            [(h, t, 1) for h, t in links],
+            num_types,
+            1,
+        )
+        return set(got) == want and len(set(firsts.values())) == len(fragments)
 
     def _input_ids(self, ids: np.ndarray) -> np.ndarray:
         specials = self.tokenizer
