@@ -226,6 +226,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Peak learning rate of the new heads (everything but the pre-trained encoders); 0: the
     # same as learning_rate.
     config.optim.head_learning_rate = 0.0
+    # Layer-wise learning-rate decay of the encoders (1: off): the layer e below the top takes
+    # learning_rate * layer_decay ** e, the embeddings the least (Clark et al. 2020).
+    config.optim.layer_decay = 1.0
     # Fraction of the steps with linear warmup; linear decay to 0 afterwards.
     config.optim.warmup_fraction = 0.1
     # AdamW decoupled weight decay.

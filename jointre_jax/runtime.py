@@ -9,7 +9,8 @@
 * ``predict_step(state, batch)`` decodes entities and scores their relations on the device
   (:mod:`jointre_jax.predictor` turns its arrays into entities and relations of examples).
 * AdamW with linear warmup and linear decay, global-norm gradient clipping; the new heads may
-  take their own peak learning rate (``optim.head_learning_rate``).
+  take their own peak learning rate (``optim.head_learning_rate``), the encoder's layers
+  decayed ones (``optim.layer_decay``).
 """
 
 from __future__ import annotations
@@ -184,11 +185,24 @@ def loss_options(config, scheme: EntityScheme) -> LossOptions:
     )
 
 
-def create_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+def encoder_depth(path: tuple[str, ...], num_layers: int) -> int:
+    """Depth of a pre-trained encoder parameter: 0 for the embeddings, i + 1 for layer i,
+    ``num_layers`` for the pooler (it reads the top layer). ``path``: keys below the encoder."""
+    if path[0] == "embeddings":
+        return 0
+    if path[:2] == ("encoder", "layer"):
+        return int(path[2]) + 1
+    return num_layers
+
+
+def create_optimizer(config, total_steps: int, num_layers: int = 0) -> optax.GradientTransformation:
     """AdamW, linear warmup over ``warmup_fraction`` of the steps, then linear decay to 0.
 
     The encoders take ``optim.learning_rate``; the new heads ``optim.head_learning_rate``
-    (0: the same).
+    (0: the same). With ``optim.layer_decay`` d < 1 (layer-wise learning-rate decay, Clark et
+    al. 2020) an encoder parameter at depth k (:func:`encoder_depth`, 0 = embeddings) of a
+    ``num_layers``-layer encoder takes ``learning_rate * d ** (num_layers - k)``: the top
+    layer the full rate, the embeddings the least.
     """
     warmup = max(int(config.optim.warmup_fraction * total_steps), 1)
 
@@ -204,14 +218,32 @@ def create_optimizer(config, total_steps: int) -> optax.GradientTransformation:
 
     peak = float(config.optim.learning_rate)
     head_peak = float(config.optim.get("head_learning_rate", 0.0) or peak)
-    if head_peak == peak:
-        update = adamw(peak)
+    decay = float(config.optim.get("layer_decay", 1.0))
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"optim.layer_decay {decay} not in (0, 1]")
+    if decay < 1.0 and num_layers < 1:
+        raise ValueError("optim.layer_decay needs the encoder's num_layers")
+    if head_peak == peak and decay == 1.0:
+        return optax.chain(optax.clip_by_global_norm(config.optim.grad_clip_norm), adamw(peak))
+
+    def label(path, _):
+        keys = tuple(getattr(k, "key", str(k)) for k in path)
+        if keys[0] not in ENCODERS:
+            return "head"
+        if decay == 1.0:
+            return "encoder"
+        return f"encoder_{num_layers - encoder_depth(keys[1:], num_layers)}"
+
+    # Without decay: "encoder" and "head". With it, "encoder_e" holds the encoders' parameters
+    # e layers below the top (rate peak * decay ** e).
+    rates = {"head": adamw(head_peak)}
+    if decay == 1.0:
+        rates["encoder"] = adamw(peak)
     else:
-        groups = lambda params: {  # noqa: E731
-            k: jax.tree.map(lambda _, k=k: "encoder" if k in ENCODERS else "head", v)
-            for k, v in params.items()
-        }
-        update = optax.multi_transform({"encoder": adamw(peak), "head": adamw(head_peak)}, groups)
+        rates.update({f"encoder_{e}": adamw(peak * decay**e) for e in range(num_layers + 1)})
+    update = optax.multi_transform(
+        rates, lambda params: jax.tree_util.tree_map_with_path(label, params)
+    )
     return optax.chain(optax.clip_by_global_norm(config.optim.grad_clip_norm), update)
 
 
@@ -274,7 +306,7 @@ def create_params(config, model: JointModel, weights_dir, mesh: Mesh):
 def create_state(config, model: JointModel, weights_dir, total_steps: int, mesh: Mesh):
     """TrainState (parameters of :func:`create_params`, AdamW moments) on its shardings."""
     params = create_params(config, model, weights_dir, mesh)
-    tx = create_optimizer(config, total_steps)
+    tx = create_optimizer(config, total_steps, model.encoder_config.num_hidden_layers)
 
     def new_state(params):
         state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)

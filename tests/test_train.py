@@ -269,3 +269,51 @@ def test_fresh_parameters_equal_a_full_init_with_pretrained_weights_merged(tmp_p
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(merged), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert set(params) == set(full) and "ner" in params and "encoder" in params
+
+
+@pytest.mark.parametrize("head_rate, decay", [(0.0, 1.0), (0.5, 1.0), (0.0, 0.5), (0.25, 0.8)])
+def test_each_parameter_takes_its_learning_rate(head_rate, decay):
+    """With a constant gradient of ones and no weight decay, AdamW's second step moves every
+    parameter by exactly its peak rate: learning_rate * layer_decay ** (layers above it) in the
+    encoder (embeddings lowest, the pooler with the top layer), head_learning_rate in the heads."""
+    config = default.get_config()
+    config.optim.learning_rate = 1.0
+    config.optim.head_learning_rate = head_rate
+    config.optim.layer_decay = decay
+    config.optim.weight_decay = 0.0
+    config.optim.warmup_fraction = 0.1  # 1 warmup step of 10: step 1 (the second) is the peak
+    leaf = np.zeros(3, np.float32)
+    layers = {str(i): {"output": {"dense": {"kernel": leaf}}} for i in range(3)}
+    params = {
+        "encoder": {
+            "embeddings": {"word_embeddings": {"embedding": leaf}},
+            "encoder": {"layer": layers},
+            "pooler": {"dense": {"kernel": leaf}},
+        },
+        "ner": {"kernel": leaf},
+    }
+    tx = runtime.create_optimizer(config, total_steps=10, num_layers=3)
+    state = tx.init(params)
+    ones = jax.tree.map(np.ones_like, params)
+    _, state = tx.update(ones, state, params)
+    updates, _ = tx.update(ones, state, params)
+    moved = {
+        "/".join(getattr(k, "key", str(k)) for k in path): -float(np.asarray(u)[0])
+        for path, u in jax.tree_util.tree_leaves_with_path(updates)
+    }
+    expected_head = head_rate or 1.0
+    assert moved["ner/kernel"] == pytest.approx(expected_head, rel=1e-4)
+    for name, above in [
+        ("encoder/embeddings/word_embeddings/embedding", 3),
+        ("encoder/encoder/layer/0/output/dense/kernel", 2),
+        ("encoder/encoder/layer/2/output/dense/kernel", 0),
+        ("encoder/pooler/dense/kernel", 0),
+    ]:
+        assert moved[name] == pytest.approx(decay**above, rel=1e-4), name
+
+
+def test_layer_decay_out_of_range_is_refused():
+    config = default.get_config()
+    config.optim.layer_decay = 0.0
+    with pytest.raises(ValueError, match="layer_decay"):
+        runtime.create_optimizer(config, total_steps=10, num_layers=3)
