@@ -178,6 +178,9 @@ def get_config() -> ml_collections.ConfigDict:
     # span: > 0 adds a span-content score (max-pooled words + width embedding, a hidden layer
     # of this size) to the biaffine one (0: biaffine alone).
     config.model.span_pooling_dim = 0
+    # span, with span_pooling_dim > 0: the span-content term also reads the criterion's [CLS]
+    # output (SpERT's context vector), so a span's score can depend on the whole criterion.
+    config.model.span_context = False
     # Slots of the entity tables (gold and decoded entities per row, static shapes); 0: from
     # the training data, saved with the run. Unpacked: the most entities of any example; packed:
     # twice the entities of a full row at the data's mean density, at least the most of any

@@ -154,6 +154,13 @@ def create_model(config, scheme: EntityScheme, num_relations: int, bert: BertCon
             "model.word_lstm_dim reads the words of a row in one pass, across the segments of "
             "a packed row: set --config.data.packing=False to use it"
         )
+    if config.model.get("span_context", False) and not (
+        config.model.ner_decoder == "span" and config.model.span_pooling_dim
+    ):
+        raise ValueError(
+            "model.span_context feeds the span-content term: it needs model.ner_decoder='span' "
+            "and model.span_pooling_dim > 0"
+        )
     return JointModel(
         encoder_config=bert,
         scheme=scheme,
@@ -169,6 +176,7 @@ def create_model(config, scheme: EntityScheme, num_relations: int, bert: BertCon
         layer_mix=bool(config.model.layer_mix),
         word_lstm_dim=int(config.model.word_lstm_dim),
         span_pooling_dim=int(config.model.span_pooling_dim),
+        span_context=bool(config.model.get("span_context", False)),
         dtype=jnp.dtype(config.model.compute_dtype),
     )
 

@@ -278,6 +278,32 @@ def test_span_pooling_term_matches_explicit_formula():
         np.testing.assert_allclose(extra[b, i, j], expected, rtol=1e-4, atol=1e-5)
 
 
+def test_span_context_term_matches_explicit_formula():
+    """With a context vector the span-content term is V relu(P (max-pool of the span's words
+    || width embedding || the context at the span's first word)), added to the biaffine score;
+    without pool_dim there is no term to read the context and the scorer refuses it."""
+    words = jax.random.normal(jax.random.key(0), (2, 6, 8))
+    context = jax.random.normal(jax.random.key(2), (2, 6, 3))
+    plain = SpanScorer(num_classes=3, hidden_dim=4, max_width=3)
+    pooled = SpanScorer(num_classes=3, hidden_dim=4, max_width=3, pool_dim=5)
+    params = pooled.init(jax.random.key(1), words, context=context)["params"]
+    base = {k: v for k, v in params.items() if k in plain.init(jax.random.key(1), words)["params"]}
+    extra = np.asarray(pooled.apply({"params": params}, words, context=context)) - np.asarray(
+        plain.apply({"params": base}, words)
+    )
+    x, c = np.asarray(words), np.asarray(context)
+    width = np.asarray(params["width_embedding"]["embedding"])
+    for b, i, j in [(0, 0, 0), (1, 1, 3), (0, 3, 5)]:
+        features = np.concatenate([x[b, i : j + 1].max(axis=0), width[j - i], c[b, i]])
+        hidden = np.maximum(
+            features @ params["pool_hidden"]["kernel"] + params["pool_hidden"]["bias"], 0
+        )
+        expected = hidden @ params["pool_classes"]["kernel"] + params["pool_classes"]["bias"]
+        np.testing.assert_allclose(extra[b, i, j], expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="pool_dim"):
+        plain.init(jax.random.key(1), words, context=context)
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -285,6 +311,7 @@ def test_span_pooling_term_matches_explicit_formula():
         {"layer_mix": True},
         {"word_lstm_dim": 4},
         {"span_pooling_dim": 8},
+        {"span_pooling_dim": 8, "span_context": True},
     ],
 )
 def test_word_feature_options_train_through_the_loss(options):
@@ -308,7 +335,7 @@ def test_word_feature_options_train_through_the_loss(options):
     encoder_grad = grads["encoder"]["embeddings"]["word_embeddings"]["embedding"]
     assert float(jnp.abs(encoder_grad).sum()) > 0
     if "word_features" in options:
-        read = lambda module, b: module.words(module.encoder, b, True)  # noqa: E731
+        read = lambda module, b: module.words(module.encoder, b, True)[0]  # noqa: E731
         words = model.apply(variables, batch, method=read)
         assert words.shape == (1, 6, 2 * TINY.hidden_size)
         np.testing.assert_allclose(words[0, 1, 16:], words[0, 2, :16], rtol=1e-6)  # piece 3

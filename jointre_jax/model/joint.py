@@ -109,6 +109,9 @@ class SpanScorer(nn.Module):
     do (SpERT, Eberts and Ulges 2020): ``V_c relu(P (max_{i<=k<=j} h_k || a[j - i]) + p) +
     v_c`` with ``a`` a learned width embedding; the max-pools of all spans of width w come
     from those of width w - 1 in one step each (``max_width`` steps, no [B, L, L, D] tensor).
+    With ``context`` [B, L, D_c] (the criterion's [CLS] output at each word, SpERT's context
+    vector) the hidden layer reads ``max || a[j - i] || context_i`` instead, so a span's score
+    can depend on the whole criterion: one that the corpus leaves unannotated, say.
     """
 
     num_classes: int
@@ -119,7 +122,11 @@ class SpanScorer(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, words, deterministic: bool = True, dropout_rate: float = 0.1):
+    def __call__(
+        self, words, deterministic: bool = True, dropout_rate: float = 0.1, context=None
+    ):
+        if context is not None and not self.pool_dim:
+            raise ValueError("a span context vector needs the span-content term (pool_dim > 0)")
         dense = lambda n, name, bias=True: nn.Dense(  # noqa: E731
             n, use_bias=bias, dtype=self.dtype, name=name
         )
@@ -141,12 +148,14 @@ class SpanScorer(nn.Module):
         width = jnp.clip(positions[None, :] - positions[:, None], 0, self.max_width - 1)
         scores = scores + width_bias.astype(scores.dtype)[width][None]
         if self.pool_dim:
-            scores = scores + self.pooled_scores(words, width, deterministic, dropout_rate)
+            scores = scores + self.pooled_scores(
+                words, width, deterministic, dropout_rate, context
+            )
         return scores
 
-    def pooled_scores(self, words, width, deterministic: bool, dropout_rate: float):
+    def pooled_scores(self, words, width, deterministic: bool, dropout_rate: float, context=None):
         """Span-content logits [B, L, L, C] (see the class docstring); ``width`` [L, L] is the
-        clipped width index j - i of each span."""
+        clipped width index j - i of each span; ``context`` [B, L, D_c] or None."""
         length = words.shape[1]
         widths = min(self.max_width, length)
         pools, pooled = [], words
@@ -158,9 +167,12 @@ class SpanScorer(nn.Module):
         pools = jnp.stack(pools, axis=2)  # [B, L, W, D]
         embedding = nn.Embed(self.max_width, self.width_embedding_dim, name="width_embedding")
         sizes = embedding(jnp.arange(widths)).astype(words.dtype)  # [W, E]
-        sizes = jnp.broadcast_to(sizes, pools.shape[:3] + sizes.shape[-1:])
+        parts = [pools, jnp.broadcast_to(sizes, pools.shape[:3] + sizes.shape[-1:])]
+        if context is not None:  # the context of a span's first word, at every width
+            context = context.astype(words.dtype)[:, :, None, :]
+            parts.append(jnp.broadcast_to(context, pools.shape[:3] + context.shape[-1:]))
         hidden = nn.Dense(self.pool_dim, dtype=self.dtype, name="pool_hidden")(
-            jnp.concatenate([pools, sizes], axis=-1)
+            jnp.concatenate(parts, axis=-1)
         )
         hidden = nn.Dropout(dropout_rate)(nn.relu(hidden), deterministic=deterministic)
         by_width = nn.Dense(self.num_classes, dtype=self.dtype, name="pool_classes")(hidden)
@@ -176,6 +188,22 @@ def gather(values, index):
     index = jnp.clip(index, 0, values.shape[1] - 1)
     index = index.reshape(index.shape + (1,) * (values.ndim - 2))
     return jnp.take_along_axis(values, index, axis=1)
+
+
+def criterion_context(hidden, batch):
+    """The [CLS] output of each word's criterion: hidden [B, T, D] -> [B, L, D].
+
+    Unpacked rows hold one criterion, its [CLS] at wordpiece 0. In packed rows each segment
+    begins with its own [CLS] (``position_ids`` 0), and a word reads that of its
+    ``word_segment``.
+    """
+    segments = batch.get("segment_ids")
+    if segments is None:
+        shape = batch["word_index"].shape + hidden.shape[-1:]
+        return jnp.broadcast_to(hidden[:, :1], shape)
+    starts = (batch["position_ids"] == 0) & (segments > 0)  # [B, T] each segment's [CLS]
+    owner = (segments[:, None, :] == batch["word_segment"][:, :, None]) & starts[:, None, :]
+    return gather(hidden, jnp.argmax(owner, axis=-1))  # words of no segment read wordpiece 0
 
 
 def incremental_table(gold: dict, predicted: dict) -> dict:
@@ -218,7 +246,8 @@ class JointModel(nn.Module):
     first wordpiece, concatenated with that at its last wordpiece for ``word_features =
     "first_last"``, then with ``word_lstm_dim`` > 0 a bidirectional LSTM over the words (Yu et
     al. 2020 put one between BERT and the biaffine scorer). ``span_pooling_dim`` > 0 adds the
-    span-content term of :class:`SpanScorer`.
+    span-content term of :class:`SpanScorer`, and ``span_context`` gives that term the
+    criterion's [CLS] output (:func:`criterion_context`).
     """
 
     encoder_config: BertConfig
@@ -235,6 +264,7 @@ class JointModel(nn.Module):
     layer_mix: bool = False
     word_lstm_dim: int = 0
     span_pooling_dim: int = 0
+    span_context: bool = False
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -277,8 +307,9 @@ class JointModel(nn.Module):
         self.dropout = nn.Dropout(self.dropout_rate)
 
     def words(self, encoder, batch, deterministic: bool):
-        """Word features [B, L, D'] from the encoder output (see ``word_features``,
-        ``layer_mix`` and ``word_lstm_dim`` in the class docstring)."""
+        """(word features [B, L, D'], criterion context [B, L, D] or None) from the encoder
+        output (see ``word_features``, ``layer_mix``, ``word_lstm_dim`` and ``span_context``
+        in the class docstring)."""
         ids, mask = batch["input_ids"], batch["input_mask"]
         packing = {k: batch.get(k) for k in ("segment_ids", "position_ids")}  # packed rows
         if self.layer_mix:
@@ -290,6 +321,7 @@ class JointModel(nn.Module):
         else:
             hidden = encoder(ids, mask, deterministic=deterministic, **packing)
         hidden = self.dropout(hidden, deterministic=deterministic)
+        context = criterion_context(hidden, batch) if self.span_context else None
         words = gather(hidden, batch["word_index"])
         if self.word_features == "first_last":
             words = jnp.concatenate([words, gather(hidden, batch["word_end_index"])], axis=-1)
@@ -297,11 +329,11 @@ class JointModel(nn.Module):
             lengths = batch["word_mask"].sum(axis=1).astype(jnp.int32)
             words = self.word_lstm(words.astype(jnp.float32), seq_lengths=lengths)
             words = self.dropout(words.astype(self.dtype), deterministic=deterministic)
-        return words
+        return words, context
 
-    def ner(self, words, deterministic: bool):
+    def ner(self, words, deterministic: bool, context=None):
         if isinstance(self.scheme, SpanScheme):
-            return self.ner_spans(words, deterministic, self.dropout_rate)
+            return self.ner_spans(words, deterministic, self.dropout_rate, context)
         return self.ner_dense(words)
 
     def entity_features(self, words, table, labels=None):
@@ -329,10 +361,10 @@ class JointModel(nn.Module):
     ):
         if label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source {label_source!r} not in {LABEL_SOURCES}")
-        words = self.words(self.encoder, batch, deterministic)
+        words, context = self.words(self.encoder, batch, deterministic)
         out = {}
         if self.method != "re":
-            out["ner_logits"] = self.ner(words, deterministic)
+            out["ner_logits"] = self.ner(words, deterministic, context)
         if self.method == "ner":
             return out
         gold = gold_table(batch)
@@ -351,7 +383,7 @@ class JointModel(nn.Module):
             elif labels is None:
                 labels = jnp.argmax(jax.lax.stop_gradient(out["ner_logits"]), axis=-1)
         if self.method == "pipeline":
-            words = self.words(self.re_encoder, batch, deterministic)
+            words, _ = self.words(self.re_encoder, batch, deterministic)
         for name in tables:
             if name == "gold":
                 table = gold
