@@ -175,6 +175,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.layer_mix = False
     # > 0: a bidirectional LSTM of this size per direction over the word features (0: none).
     config.model.word_lstm_dim = 0
+    # > 0: each word's features also get an embedding of this size of its casing class
+    # (jointre_jax.data.tokenization.CASINGS: lower, UPPER, Title, ...), which an uncased
+    # encoder loses (0: none).
+    config.model.casing_embedding_dim = 0
     # span: > 0 adds a span-content score (max-pooled words + width embedding, a hidden layer
     # of this size) to the biaffine one (0: biaffine alone).
     config.model.span_pooling_dim = 0

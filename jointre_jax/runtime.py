@@ -177,6 +177,7 @@ def create_model(config, scheme: EntityScheme, num_relations: int, bert: BertCon
         word_lstm_dim=int(config.model.word_lstm_dim),
         span_pooling_dim=int(config.model.span_pooling_dim),
         span_context=bool(config.model.get("span_context", False)),
+        casing_embedding_dim=int(config.model.get("casing_embedding_dim", 0)),
         dtype=jnp.dtype(config.model.compute_dtype),
     )
 
@@ -262,6 +263,7 @@ def dummy_batch(length: int = 8, rows: int = 1, entities: int = 2) -> dict:
         "input_mask": jnp.ones((rows, length), bool),
         "word_index": jnp.zeros((rows, length), jnp.int32),
         "word_end_index": jnp.zeros((rows, length), jnp.int32),
+        "word_casing": jnp.zeros((rows, length), jnp.int32),
         "word_mask": jnp.ones((rows, length), bool),
         "ner_labels": jnp.zeros((rows, length), jnp.int32),
         "entity_start": jnp.zeros((rows, entities), jnp.int32),

@@ -6,6 +6,7 @@ import pytest
 from configs import default
 from jointre_jax.data.batching import Batcher, bucket_for, padding_stats
 from jointre_jax.data.encode import EntitySpan, Example
+from jointre_jax.data.tokenization import CASINGS, casing_class
 from jointre_jax.labels import BioScheme
 
 BOUNDARIES = (8, 16, 32)
@@ -95,6 +96,28 @@ def test_masks_labels_and_entity_tables():
     small = Batcher([example], (8, 16), batch_size=2, max_entities=1).build(batcher.eval_plan()[0])
     assert small["entity_overflow"].tolist() == [1, 0]  # counted, not silently lost
     assert not small["relations"].any()
+
+
+def test_casing_classes_of_words():
+    words = ["hiv", "HIV", "Visit", "A", "mRNA", "HbA1C", "130", "2.5", "≤7", "(", "-", "ÉTAT"]
+    want = ["lower", "upper", "title", "title", "mixed", "alphanumeric", "number", "number",
+            "number", "other", "other", "upper"]  # fmt: skip
+    assert [CASINGS[casing_class(w)] for w in words] == want
+    assert CASINGS[0] == "none"  # padding: no word
+
+
+def test_each_word_gets_its_casing_class():
+    text = "HIV or Hepatitis B, n=2"
+    words = np.array([[0, 3], [4, 6], [7, 16], [17, 18], [18, 19], [20, 21], [21, 22], [22, 23]])
+    n = len(words) + 2
+    example = Example(
+        "doc", 1, 0, 0, text, np.arange(n, dtype=np.int32) + 100, np.zeros((n, 2), np.int32),
+        words.astype(np.int32), np.arange(1, n - 1, dtype=np.int32), (), (),
+    )  # fmt: skip
+    batcher = Batcher([example], (16,), batch_size=1)
+    batch = batcher.build(batcher.eval_plan()[0])
+    want = ["upper", "lower", "title", "title", "other", "lower", "other", "number"]
+    assert [CASINGS[c] for c in batch["word_casing"][0]] == want + ["none"] * 8
 
 
 def test_process_slices_partition_the_global_batch(examples):

@@ -312,6 +312,7 @@ def test_span_context_term_matches_explicit_formula():
         {"word_lstm_dim": 4},
         {"span_pooling_dim": 8},
         {"span_pooling_dim": 8, "span_context": True},
+        {"casing_embedding_dim": 4},
     ],
 )
 def test_word_feature_options_train_through_the_loss(options):
@@ -320,6 +321,7 @@ def test_word_feature_options_train_through_the_loss(options):
     scheme = SpanScheme(2, 4)
     batch = model_batch()
     batch["word_end_index"] = jnp.array([[1, 3, 3, 4, 0, 0]])  # word 1 spans pieces 2-3
+    batch["word_casing"] = jnp.array([[1, 2, 3, 2, 0, 0]])
     kwargs = dict(num_relations=3, pair_hidden_dim=8, span_hidden_dim=8, max_entities=4)
     model = JointModel(TINY, scheme, **kwargs, **options)
     variables = model.init(jax.random.key(0), batch, label_source="gold")
@@ -339,6 +341,13 @@ def test_word_feature_options_train_through_the_loss(options):
         words = model.apply(variables, batch, method=read)
         assert words.shape == (1, 6, 2 * TINY.hidden_size)
         np.testing.assert_allclose(words[0, 1, 16:], words[0, 2, :16], rtol=1e-6)  # piece 3
+    if "casing_embedding_dim" in options:  # the last 4 features: the casing class's embedding
+        read = lambda module, b: module.words(module.encoder, b, True)[0]  # noqa: E731
+        words = np.asarray(model.apply(variables, batch, method=read))
+        table = np.asarray(variables["params"]["casing_embedding"]["embedding"])
+        assert words.shape == (1, 6, TINY.hidden_size + 4)
+        np.testing.assert_allclose(words[0, :, -4:], table[[1, 2, 3, 2, 0, 0]], rtol=1e-6)
+        assert float(jnp.abs(grads["casing_embedding"]["embedding"][2]).sum()) > 0
 
 
 @pytest.mark.parametrize("option", ["m1", "m2", "m2_bilinear"])

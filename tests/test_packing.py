@@ -107,6 +107,7 @@ def _rows_of_both(config, encoder, data, length=64):
         ("bio", {}),
         ("span", {"span_pooling_dim": 8}),
         ("span", {"span_pooling_dim": 8, "span_context": True}),
+        ("span", {"casing_embedding_dim": 4}),
         ("span", {"word_features": "first_last", "layer_mix": True}),
         ("span", {"boundary_smoothing": 0.2}),
     ],

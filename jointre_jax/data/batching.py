@@ -17,6 +17,8 @@ than wordpieces):
 * ``word_index`` int32 [B, L]: wordpiece index of each word's first wordpiece (0 past the last
   word); ``word_end_index`` int32 [B, L]: that of its last wordpiece; ``word_mask`` bool
   [B, L]: real words; ``word_segment`` int32 [B, L]: each word's segment (0: no word);
+  ``word_casing`` int32 [B, L]: each word's casing class (:data:`.tokenization.CASINGS`;
+  0: no word);
 * the label scheme's NER targets (:meth:`jointre_jax.labels.EntityScheme.targets`): for BIO
   ``ner_labels`` int32 [B, L], one tag per word (0 past the last word);
 * the gold entity table: ``entity_start``/``entity_end`` int32 [B, N] word span [start, end),
@@ -36,6 +38,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from jointre_jax.data.encode import Example
+from jointre_jax.data.tokenization import casing_class
 from jointre_jax.labels import BioScheme, EntityScheme
 
 
@@ -45,6 +48,13 @@ def word_ends(example: Example) -> np.ndarray:
     before [SEP])."""
     starts = np.asarray(example.word_starts, np.int64)
     return (np.append(starts[1:], example.length - 1) - 1).astype(np.int32)
+
+
+def word_casing(example: Example) -> np.ndarray:
+    """The casing class of each word of ``example`` (:func:`.tokenization.casing_class`),
+    int32 [w]."""
+    words = np.asarray(example.words).reshape(-1, 2)
+    return np.array([casing_class(example.text[a:b]) for a, b in words], np.int32)
 
 
 def bucket_for(length: int, boundaries: Sequence[int]) -> int:
@@ -195,6 +205,7 @@ class Batcher:
             "word_end_index": zeros(length),
             "word_mask": np.zeros((size, length), bool),
             "word_segment": zeros(length),
+            "word_casing": zeros(length),
             "entity_start": zeros(slots),
             "entity_end": zeros(slots),
             "entity_type": zeros(slots),
@@ -239,6 +250,7 @@ class Batcher:
         batch["word_end_index"][row, v] = word_ends(ex) + tokens
         batch["word_mask"][row, v] = True
         batch["word_segment"][row, v] = segment
+        batch["word_casing"][row, v] = word_casing(ex)
         table = ex.entities[: slots - entities]
         batch["entity_overflow"][row] += len(ex.entities) - len(table)
         for i, span in enumerate(table, start=entities):

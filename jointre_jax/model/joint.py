@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jointre_jax.data.tokenization import CASINGS
 from jointre_jax.labels import BioScheme, EntityScheme, SpanScheme, gold_table
 from jointre_jax.model.bert import BertConfig, BertModel
 
@@ -122,9 +123,7 @@ class SpanScorer(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(
-        self, words, deterministic: bool = True, dropout_rate: float = 0.1, context=None
-    ):
+    def __call__(self, words, deterministic: bool = True, dropout_rate: float = 0.1, context=None):
         if context is not None and not self.pool_dim:
             raise ValueError("a span context vector needs the span-content term (pool_dim > 0)")
         dense = lambda n, name, bias=True: nn.Dense(  # noqa: E731
@@ -148,9 +147,7 @@ class SpanScorer(nn.Module):
         width = jnp.clip(positions[None, :] - positions[:, None], 0, self.max_width - 1)
         scores = scores + width_bias.astype(scores.dtype)[width][None]
         if self.pool_dim:
-            scores = scores + self.pooled_scores(
-                words, width, deterministic, dropout_rate, context
-            )
+            scores = scores + self.pooled_scores(words, width, deterministic, dropout_rate, context)
         return scores
 
     def pooled_scores(self, words, width, deterministic: bool, dropout_rate: float, context=None):
@@ -246,7 +243,9 @@ class JointModel(nn.Module):
     first wordpiece, concatenated with that at its last wordpiece for ``word_features =
     "first_last"``, then with ``word_lstm_dim`` > 0 a bidirectional LSTM over the words (Yu et
     al. 2020 put one between BERT and the biaffine scorer). ``span_pooling_dim`` > 0 adds the
-    span-content term of :class:`SpanScorer`, and ``span_context`` gives that term the
+    span-content term of :class:`SpanScorer`. ``casing_embedding_dim`` > 0 appends to each
+    word an embedding of its casing class (``batch["word_casing"]``, what an uncased encoder
+    cannot see), before the LSTM. ``span_context`` gives that term the
     criterion's [CLS] output (:func:`criterion_context`).
     """
 
@@ -265,6 +264,7 @@ class JointModel(nn.Module):
     word_lstm_dim: int = 0
     span_pooling_dim: int = 0
     span_context: bool = False
+    casing_embedding_dim: int = 0
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -281,6 +281,8 @@ class JointModel(nn.Module):
             layers = self.encoder_config.num_hidden_layers + 1
             self.layer_weights = self.param("layer_weights", nn.initializers.zeros, (layers,))
             self.layer_scale = self.param("layer_scale", nn.initializers.ones, ())
+        if self.casing_embedding_dim:
+            self.casing_embedding = nn.Embed(len(CASINGS), self.casing_embedding_dim)
         if self.word_lstm_dim:
             cell = lambda: nn.RNN(nn.OptimizedLSTMCell(self.word_lstm_dim))  # noqa: E731
             self.word_lstm = nn.Bidirectional(cell(), cell())
@@ -325,6 +327,9 @@ class JointModel(nn.Module):
         words = gather(hidden, batch["word_index"])
         if self.word_features == "first_last":
             words = jnp.concatenate([words, gather(hidden, batch["word_end_index"])], axis=-1)
+        if self.casing_embedding_dim:
+            casing = self.casing_embedding(batch["word_casing"]).astype(words.dtype)
+            words = jnp.concatenate([words, casing], axis=-1)
         if self.word_lstm_dim:
             lengths = batch["word_mask"].sum(axis=1).astype(jnp.int32)
             words = self.word_lstm(words.astype(jnp.float32), seq_lengths=lengths)
