@@ -185,6 +185,9 @@ def get_config() -> ml_collections.ConfigDict:
     # span, with span_pooling_dim > 0: the span-content term also reads the criterion's [CLS]
     # output (SpERT's context vector), so a span's score can depend on the whole criterion.
     config.model.span_context = False
+    # Training only: the probability that a word is replaced, all its wordpieces, by [MASK]
+    # before the encoder reads it (whole-word masking as data augmentation; 0: never).
+    config.model.word_masking = 0.0
     # Slots of the entity tables (gold and decoded entities per row, static shapes); 0: from
     # the training data, saved with the run. Unpacked: the most entities of any example; packed:
     # twice the entities of a full row at the data's mean density, at least the most of any

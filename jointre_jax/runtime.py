@@ -144,9 +144,12 @@ def use_compilation_cache(directory: str) -> pathlib.Path | None:
     return path
 
 
-def create_model(config, scheme: EntityScheme, num_relations: int, bert: BertConfig):
+def create_model(
+    config, scheme: EntityScheme, num_relations: int, bert: BertConfig, mask_token_id: int = -1
+):
     """The JointModel that ``config.model`` describes (``config.model.max_entities`` must be
-    resolved: see :func:`resolve_sizes`)."""
+    resolved: see :func:`resolve_sizes`). ``mask_token_id``: the tokenizer's [MASK], which
+    training with ``model.word_masking`` needs (prediction never masks)."""
     if config.model.negative_sampling == "incremental" and config.model.method != "joint":
         raise ValueError("negative_sampling='incremental' needs method='joint'")
     if config.data.get("packing", False) and config.model.word_lstm_dim:
@@ -161,6 +164,8 @@ def create_model(config, scheme: EntityScheme, num_relations: int, bert: BertCon
             "model.span_context feeds the span-content term: it needs model.ner_decoder='span' "
             "and model.span_pooling_dim > 0"
         )
+    if not 0.0 <= float(config.model.get("word_masking", 0.0)) < 1.0:
+        raise ValueError(f"model.word_masking must be in [0, 1): {config.model.word_masking}")
     return JointModel(
         encoder_config=bert,
         scheme=scheme,
@@ -178,6 +183,8 @@ def create_model(config, scheme: EntityScheme, num_relations: int, bert: BertCon
         span_pooling_dim=int(config.model.span_pooling_dim),
         span_context=bool(config.model.get("span_context", False)),
         casing_embedding_dim=int(config.model.get("casing_embedding_dim", 0)),
+        word_masking=float(config.model.get("word_masking", 0.0)),
+        mask_token_id=int(mask_token_id),
         dtype=jnp.dtype(config.model.compute_dtype),
     )
 

@@ -82,7 +82,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     steps_per_epoch = batcher.steps_per_epoch()
     total_steps = steps_per_epoch * config.num_epochs
 
-    model = runtime.create_model(config, scheme, schema.num_relation_labels, bert)
+    mask_id = encoder.tokenizer.mask_token_id  # for model.word_masking; None: no [MASK]
+    mask_id = -1 if mask_id is None else mask_id
+    model = runtime.create_model(config, scheme, schema.num_relation_labels, bert, mask_id)
     mesh = runtime.make_mesh(config)
     log.info("%s", parallel.describe(mesh))
     state = runtime.create_state(config, model, weights_dir, total_steps, mesh)

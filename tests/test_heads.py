@@ -1,5 +1,6 @@
 """Label schemes, heads, RE pair masks and losses on hand-made batches with known answers."""
 
+import dataclasses
 import itertools
 
 import jax
@@ -9,7 +10,13 @@ import pytest
 
 from jointre_jax.labels import BioScheme, SpanScheme, crossing, decide
 from jointre_jax.model.bert import BertConfig
-from jointre_jax.model.joint import JointModel, PairScorer, SpanScorer, incremental_table
+from jointre_jax.model.joint import (
+    JointModel,
+    PairScorer,
+    SpanScorer,
+    incremental_table,
+    mask_words,
+)
 from jointre_jax.model.losses import (
     LossOptions,
     loss_terms,
@@ -591,3 +598,57 @@ def test_merge_fragments_reads_chains_back():
     ]  # sorted; fragment 4 links to no fragment of its type: no entity
     assert first == [0, 1, 2, 6]
     assert merged == [(0, 3, 4, 0.4), (2, 3, 5, 0.3)]
+
+
+def test_word_masking_replaces_whole_chosen_words_in_training_only():
+    """mask_words covers every wordpiece of each chosen word and nothing else (a word ending
+    at the last wordpiece included); the model masks only when not deterministic, and a rate
+    without a [MASK] id is refused."""
+    ids = jnp.array([[101, 7, 8, 9, 10, 102], [101, 20, 21, 22, 23, 24]])
+    batch = {
+        "word_index": jnp.array([[1, 2, 4, 0], [1, 3, 0, 0]]),
+        "word_end_index": jnp.array([[1, 3, 4, 0], [2, 5, 0, 0]]),
+    }
+    chosen = jnp.array([[False, True, True, False], [True, True, False, False]])
+    out = np.asarray(mask_words(ids, batch, chosen, 103))
+    np.testing.assert_array_equal(out[0], [101, 7, 103, 103, 103, 102])
+    np.testing.assert_array_equal(out[1], [101, 103, 103, 103, 103, 103])
+    none = np.asarray(mask_words(ids, batch, jnp.zeros((2, 4), bool), 103))
+    np.testing.assert_array_equal(none, ids)
+
+    scheme = SpanScheme(2, 4)
+    batch = model_batch()
+    batch["word_end_index"] = batch["word_index"]  # one wordpiece each
+    kwargs = dict(num_relations=3, pair_hidden_dim=8, span_hidden_dim=8, max_entities=4)
+    plain = JointModel(TINY, scheme, **kwargs)
+    masked = JointModel(TINY, scheme, **kwargs, word_masking=0.5, mask_token_id=1)
+    variables = plain.init(jax.random.key(0), batch, label_source="gold")
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
+        masked.init(jax.random.key(0), batch, label_source="gold")
+    )
+    read = lambda module, b, det: module.words(module.encoder, b, det)[0]  # noqa: E731
+    np.testing.assert_array_equal(  # prediction never masks
+        masked.apply(variables, batch, True, method=read),
+        plain.apply(variables, batch, True, method=read),
+    )
+    # Training: each key's features are those of the row with some whole words masked (one of
+    # the 2^4 subsets of its 4 words); over 8 keys, more than one subset turns up.
+    subsets = {}
+    for bits in itertools.product([False, True], repeat=4):
+        chosen = jnp.array([list(bits) + [False, False]]) & batch["word_mask"]
+        masked_batch = {**batch, "input_ids": mask_words(batch["input_ids"], batch, chosen, 1)}
+        subsets[bits] = np.asarray(plain.apply(variables, masked_batch, True, method=read))
+    quiet = dataclasses.replace(TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    no_dropout = masked.clone(dropout_rate=0.0, encoder_config=quiet)
+    seen = set()
+    for k in range(8):
+        rng = {"dropout": jax.random.key(k)}
+        got = np.asarray(no_dropout.apply(variables, batch, False, method=read, rngs=rng))
+        match = [bits for bits, want in subsets.items() if np.allclose(got, want, atol=1e-5)]
+        assert len(match) == 1, k
+        seen.add(match[0])
+    assert len(seen) > 1
+    with pytest.raises(ValueError, match="mask_token_id"):
+        JointModel(TINY, scheme, **kwargs, word_masking=0.5).apply(
+            variables, batch, False, method=read, rngs={"dropout": jax.random.key(0)}
+        )

@@ -203,6 +203,16 @@ def criterion_context(hidden, batch):
     return gather(hidden, jnp.argmax(owner, axis=-1))  # words of no segment read wordpiece 0
 
 
+def mask_words(ids, batch, chosen, mask_token_id: int):
+    """ids int [B, T] with every wordpiece of the ``chosen`` words (bool [B, L]) replaced by
+    ``mask_token_id``; a word spans ``word_index`` to ``word_end_index`` (inclusive)."""
+    rows = jnp.arange(ids.shape[0])[:, None]
+    chosen = chosen.astype(jnp.int32)
+    edges = jnp.zeros(ids.shape, jnp.int32).at[rows, batch["word_index"]].add(chosen)
+    edges = edges.at[rows, batch["word_end_index"] + 1].add(-chosen, mode="drop")  # T: none
+    return jnp.where(jnp.cumsum(edges, axis=1) > 0, mask_token_id, ids)
+
+
 def incremental_table(gold: dict, predicted: dict) -> dict:
     """Gold entities and the decoded ones that are not gold: [B, 2N] (incremental negatives).
 
@@ -247,6 +257,10 @@ class JointModel(nn.Module):
     word an embedding of its casing class (``batch["word_casing"]``, what an uncased encoder
     cannot see), before the LSTM. ``span_context`` gives that term the
     criterion's [CLS] output (:func:`criterion_context`).
+
+    ``word_masking`` > 0 (training only): each word is replaced, all its wordpieces, by the
+    tokenizer's ``mask_token_id`` with that probability before the encoder reads the row
+    (:func:`mask_words`), so that no entity is learned from its surface form alone.
     """
 
     encoder_config: BertConfig
@@ -265,6 +279,8 @@ class JointModel(nn.Module):
     span_pooling_dim: int = 0
     span_context: bool = False
     casing_embedding_dim: int = 0
+    word_masking: float = 0.0
+    mask_token_id: int = -1
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -313,6 +329,13 @@ class JointModel(nn.Module):
         output (see ``word_features``, ``layer_mix``, ``word_lstm_dim`` and ``span_context``
         in the class docstring)."""
         ids, mask = batch["input_ids"], batch["input_mask"]
+        if self.word_masking and not deterministic:
+            if self.mask_token_id < 0:
+                raise ValueError("word_masking needs the tokenizer's mask_token_id")
+            chosen = jax.random.bernoulli(
+                self.make_rng("dropout"), self.word_masking, batch["word_mask"].shape
+            )
+            ids = mask_words(ids, batch, chosen & batch["word_mask"], self.mask_token_id)
         packing = {k: batch.get(k) for k in ("segment_ids", "position_ids")}  # packed rows
         if self.layer_mix:
             layers = encoder(ids, mask, deterministic=deterministic, all_layers=True, **packing)
