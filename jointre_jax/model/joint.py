@@ -326,8 +326,8 @@ class JointModel(nn.Module):
 
     def words(self, encoder, batch, deterministic: bool):
         """(word features [B, L, D'], criterion context [B, L, D] or None) from the encoder
-        output (see ``word_features``, ``layer_mix``, ``word_lstm_dim`` and ``span_context``
-        in the class docstring)."""
+        output (see ``word_features``, ``layer_mix``, ``casing_embedding_dim``,
+        ``word_lstm_dim``, ``span_context`` and ``word_masking`` in the class docstring)."""
         ids, mask = batch["input_ids"], batch["input_mask"]
         if self.word_masking and not deterministic:
             if self.mask_token_id < 0:
