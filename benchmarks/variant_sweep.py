@@ -5,9 +5,10 @@ the best ones, and collect their per-epoch dev scores and final test scores as t
         --workdirs=/tmp/sweep --set data.dir=/data/chia --set model.encoder=/models/minilm \
         --deadline=540
 
-Phase 1 trains every variant of ``VARIANTS`` with seed 0, all at once. Phase 2 ranks them by
-dev (corpus NER F1 + corpus end-to-end RE F1 at each run's best epoch) and trains seeds 1 and
-2 of the best ``--confirm`` variants. Each run is an ordinary ``jointre_jax.main`` process with
+Phase 1 trains every variant of ``VARIANTS`` with each seed of ``--seeds`` (default 0), all
+at once. Phase 2 ranks the variants by dev (corpus NER F1 + corpus end-to-end RE F1 at each
+run's best epoch) and trains seeds 1 and 2 (those phase 1 did not) of the best ``--confirm``
+variants. Each run is an ordinary ``jointre_jax.main`` process with
 its own workdir; ``--out/sweep.json`` is rewritten every ``--poll`` seconds with every run's
 metrics so far, so a sweep cut off at ``--deadline`` still leaves all it measured. Variants
 are chosen on dev only; the test scores are those each run writes to ``metrics.json``.
@@ -42,6 +43,10 @@ VARIANTS = {
         "model.word_lstm_dim": 256,
     },
     "ner_weight_5": {"model.ner_loss_weight": 5.0},
+    # Neighbouring criteria as context (data.context_length), with whole-word masking.
+    "ctx64": {"data.context_length": 64},
+    "ctx128": {"data.context_length": 128},
+    "ctx64_wmask": {"data.context_length": 64, "model.word_masking": 0.15},
 }
 
 
@@ -173,6 +178,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workdirs", required=True, help="folder of the runs' workdirs")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seeds", default="0", help="seeds of phase 1, comma-separated")
     parser.add_argument("--confirm", type=int, default=1, help="best variants given 2 seeds more")
     parser.add_argument("--deadline", type=float, default=540.0, help="seconds for both phases")
     parser.add_argument("--phase1", type=float, default=0.6, help="share of the deadline")
@@ -191,17 +197,21 @@ def main(argv=None) -> int:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
-    runs = [launch(args, n, 0, VARIANTS[n]) for n in names]
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed]
+    runs = [launch(args, n, seed, VARIANTS[n]) for n in names for seed in seeds]
     rows = wait(args, runs, started, started + args.phase1 * args.deadline)
     ranked = sorted(rows, key=dev_score, reverse=True)
     print("phase 1 by dev: " + ", ".join(f"{r['variant']} {dev_score(r):.4f}" for r in ranked))
-    best = [r["variant"] for r in ranked[: args.confirm] if dev_score(r) > 0]
+    best = list(dict.fromkeys(r["variant"] for r in ranked if dev_score(r) > 0))[: args.confirm]
+    more = [seed for seed in (1, 2) if seed not in seeds]
     # A run of phase 2 is started only if one of phase 1 would have fitted in the time left.
     finished = [r["seconds"] for r in rows if r["returncode"] == 0]
     needed = min(finished) if finished else float("inf")
     left = started + args.deadline - time.time()
-    if needed < left:
-        runs += [launch(args, n, s, VARIANTS[n]) for n in best for s in (1, 2)]
+    if not (best and more):
+        pass
+    elif needed < left:
+        runs += [launch(args, n, s, VARIANTS[n]) for n in best for s in more]
     else:
         print(f"phase 2 skipped: a run took {needed:.0f} s, {left:.0f} s left", flush=True)
     wait(args, runs, started, started + args.deadline)

@@ -99,6 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Maximum wordpieces per example, [CLS] and [SEP] included (paper: 128). Longer criteria
     # are split into windows that cut no entity, never truncated.
     config.data.max_length = 128
+    # Wordpieces of the neighbouring criteria (lines) of the document that each example reads
+    # besides its own, at most half before it and the rest after it, each line closed by
+    # [SEP] (jointre_jax/data/encode.py); never scored. 0: each criterion alone (the paper).
+    # An example then has up to max_length + context_length wordpieces.
+    config.data.context_length = 0
     # True: annotation errors (text mismatch, bad offsets, unknown ids, malformed lines,
     # non-UTF-8 files) are skipped and counted in the report; False: they raise an error
     # naming the file and line.
@@ -134,7 +139,8 @@ def get_config() -> ml_collections.ConfigDict:
     # pack_length wordpieces, each attending only to itself, so training compiles one shape
     # and prediction one. False: one example a row, padded to its length bucket.
     config.data.packing = True
-    # Wordpieces per packed row (0: max_length; never less, so that every example fits a row).
+    # Wordpieces per packed row (0: max_length + context_length; never less, so that every
+    # example fits a row).
     config.data.pack_length = 0
     # Rows per packed training batch (0: rows that hold about batch_size examples, from the
     # training data's mean length, rounded up to a multiple of the devices). Saved with the run.

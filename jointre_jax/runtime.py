@@ -164,6 +164,11 @@ def create_model(
             "model.span_context feeds the span-content term: it needs model.ner_decoder='span' "
             "and model.span_pooling_dim > 0"
         )
+    if packing.example_length(config) > bert.max_position_embeddings:
+        raise ValueError(
+            f"data.max_length + data.context_length = {packing.example_length(config)} exceeds the "
+            f"encoder's {bert.max_position_embeddings} positions"
+        )
     if not 0.0 <= float(config.model.get("word_masking", 0.0)) < 1.0:
         raise ValueError(f"model.word_masking must be in [0, 1): {config.model.word_masking}")
     return JointModel(

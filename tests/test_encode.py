@@ -312,3 +312,57 @@ def test_fragments_that_would_read_back_wrong_are_dropped(tmp_path, tiny_tokeniz
     (example,), acc = encode(tmp_path, tiny_tokenizer, text, lines, scheme=scheme)
     assert acc.entities.dropped == {"fragments_ambiguous": 1}  # T2: heart-lung-cancer
     assert acc.repaired["merged_fragments"] == 1 and acc.entities.kept == 2
+
+
+def test_context_reads_neighbouring_criteria_in_whole_words(tmp_path, tiny_tokenizer):
+    text = "first line here\nanesthesiologists and stroke\nHbA1c > 7 %\nlast one\n"
+    lines = [
+        t_line("T1", "Person", text, "anesthesiologists"),
+        t_line("T2", "Condition", text, "stroke"),
+        t_line("T3", "Measurement", text, "HbA1c"),
+        t_line("T4", "Value", text, "> 7 %"),
+        "R1\tHas_value Arg1:T3 Arg2:T4",
+    ]
+    alone, acc_alone = encode(tmp_path, tiny_tokenizer, text, lines)
+    budget = 12
+    read, acc = encode(tmp_path, tiny_tokenizer, text, lines, context_length=budget)
+    assert acc.to_dict() == acc_alone.to_dict()  # context changes nothing that is kept
+    sep, cls = tiny_tokenizer.sep_token_id, tiny_tokenizer.cls_token_id
+    # Each line's wordpieces followed by [SEP]: what the context is cut from.
+    pieces = [tiny_tokenizer(t, add_special_tokens=False) for t in text.splitlines()]
+    stream = [
+        (p.input_ids + [sep], [w is None or w for w in p.word_ids()] + [True]) for p in pieces
+    ]
+    for k, (a, b) in enumerate(zip(alone, read, strict=True)):
+        assert (a.entities, a.relations, a.text) == (b.entities, b.relations, b.text)
+        assert a.words.tolist() == b.words.tolist()
+        shift = b.word_starts[0] - a.word_starts[0]
+        assert b.word_starts.tolist() == (a.word_starts + shift).tolist()
+        assert word_ends(b).tolist() == (word_ends(a) + shift).tolist()
+        # [CLS] left context, the criterion, [SEP], right context.
+        assert b.input_ids[0] == cls and b.input_ids[b.sep] == sep
+        assert b.input_ids[1 + shift : b.sep + 1].tolist() == a.input_ids[1:].tolist()
+        left, right = b.input_ids[1 : 1 + shift].tolist(), b.input_ids[b.sep + 1 :].tolist()
+        assert len(left) <= budget // 2 and len(left) + len(right) <= budget
+        assert not b.offsets[: 1 + shift].any() and not b.offsets[b.sep :].any()
+        before = [t for ids, _ in stream[:k] for t in ids]
+        after = [t for ids, _ in stream[k + 1 :] for t in ids]
+        assert before[len(before) - len(left) :] == left  # the nearest lines before
+        # The nearest lines after; a line cut short is closed by [SEP] too.
+        if right:
+            assert after[: len(right) - 1] == right[:-1] and right[-1] == sep
+        # Cut at word boundaries: the left context starts a word, the right ends one.
+        starts = [s for _, word_of in stream[:k] for s in _word_starts(word_of)]
+        assert not left or starts[len(starts) - len(left)]
+        nexts = [s for _, word_of in stream[k + 1 :] for s in _word_starts(word_of)] + [True]
+        assert not right or nexts[len(right) - 1]
+    assert [len(ex.input_ids) - 1 - ex.sep for ex in read] == [ex.right_context for ex in read]
+    assert read[0].word_starts[0] == 1 and read[-1].right_context == 0  # the ends of the doc
+    assert max(ex.length - a.length for ex, a in zip(read, alone, strict=True)) == budget
+    with pytest.raises(ValueError, match="context_length must be >= 0"):
+        Encoder(SCHEMA, tiny_tokenizer, context_length=-1)
+
+
+def _word_starts(word_of):
+    """Per wordpiece: whether it begins a word ([SEP], marked True, does)."""
+    return [w is True or i == 0 or w != word_of[i - 1] for i, w in enumerate(word_of)]

@@ -47,10 +47,13 @@ def test_rows_for_holds_about_a_batch_and_splits_over_the_devices():
     assert rows_for(1, 3.0, 128) == 1
 
 
-def _tiny(tmp_path, decoder="bio", packing=True, num_devices=None, **model):
+def _tiny(tmp_path, decoder="bio", packing=True, num_devices=None, context_length=0, **model):
     config = tiny_train_config(tmp_path, epochs=1, decoder=decoder, packing=packing)
     if num_devices is not None:
         config.num_devices = num_devices
+    if context_length:
+        config.data.context_length = context_length
+        config.data.pack_length = 0  # max_length + context_length
     for key, value in model.items():
         config.model[key] = value
     encoder = make_encoder(config)
@@ -110,6 +113,9 @@ def _rows_of_both(config, encoder, data, length=64):
         ("span", {"casing_embedding_dim": 4}),
         ("span", {"word_features": "first_last", "layer_mix": True}),
         ("span", {"boundary_smoothing": 0.2}),
+        # Neighbouring criteria as context: longer segments, words that do not start at 1.
+        ("bio", {"context_length": 8}),
+        ("span", {"span_pooling_dim": 8, "span_context": True, "context_length": 8}),
     ],
 )
 @pytest.mark.parametrize("negatives", ["gs-based", "incremental"])
@@ -117,8 +123,12 @@ def test_a_packed_example_gets_its_logits_and_losses_alone(tmp_path, decoder, op
     # Slots for every span an untrained decoder finds: the row's table must cut none of them.
     config, encoder, data, model = _tiny(tmp_path, decoder, max_entities=400, **options)
     params = runtime.init_params(model, jax.random.key(0))
-    batch, alone = _rows_of_both(config, encoder, data)
+    context = "context_length" in options
+    batch, alone = _rows_of_both(config, encoder, data, length=128 if context else 64)
     assert batch["segment_ids"].max() == len(data.examples) >= 3
+    if context:  # some example reads context on each side of its criterion
+        assert any(ex.word_starts[0] > 1 for ex in data.examples)
+        assert any(ex.right_context for ex in data.examples)
     smoothing = float(config.model.boundary_smoothing)
     options = LossOptions(encoder.scheme, negatives, "gold", boundary_smoothing=smoothing)
     tables = (options.re_table, "predicted")
@@ -284,5 +294,17 @@ def test_rows_shorter_than_the_longest_example_are_a_user_error(tmp_path):
 
     config = tiny_train_config(tmp_path, epochs=1)
     config.data.pack_length, config.data.max_length = 64, 128
-    with pytest.raises(UserError, match="data.pack_length=64 is shorter than data.max_length=128"):
+    with pytest.raises(UserError, match="data.pack_length=64 is shorter than data.max_length"):
         runtime.resolve_sizes(config, [])
+    # Context makes examples longer than max_length: rows and buckets must hold them, and
+    # the encoder's positions too.
+    config.data.pack_length, config.data.context_length = 128, 64
+    with pytest.raises(UserError, match="data.max_length \\+ data.context_length = 192"):
+        runtime.resolve_sizes(config, [])
+    config.data.packing = False
+    with pytest.raises(UserError, match="bucket_boundaries end at 128, below"):
+        make_batcher(config, [], BioScheme(1), training=True)
+    config.data.context_length = 400
+    bert, _ = runtime.encoder_config(config)
+    with pytest.raises(ValueError, match="= 528 exceeds the encoder's 128 positions"):
+        runtime.create_model(config, BioScheme(1), 1, bert)

@@ -43,11 +43,11 @@ from jointre_jax.labels import BioScheme, EntityScheme
 
 
 def word_ends(example: Example) -> np.ndarray:
-    """Wordpiece index of each word's last wordpiece, int32 [w]: every wordpiece between
-    [CLS] and [SEP] belongs to a word, so a word ends where the next begins (the last word
-    before [SEP])."""
+    """Wordpiece index of each word's last wordpiece, int32 [w]: every wordpiece of the
+    criterion belongs to a word, so a word ends where the next begins (the last word before
+    the criterion's [SEP], :attr:`Example.sep`)."""
     starts = np.asarray(example.word_starts, np.int64)
-    return (np.append(starts[1:], example.length - 1) - 1).astype(np.int32)
+    return (np.append(starts[1:], example.sep) - 1).astype(np.int32)
 
 
 def word_casing(example: Example) -> np.ndarray:

@@ -112,6 +112,7 @@ def make_encoder(config) -> Encoder:
         max_length=int(config.data.max_length),
         scheme=make_scheme(config),
         lenient=bool(config.data.lenient),
+        context_length=int(config.data.get("context_length", 0)),
     )
 
 

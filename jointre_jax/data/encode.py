@@ -25,6 +25,11 @@ Policies for what an example cannot hold (each drop is counted under the reason 
   relations of the entity, by weighted interval scheduling; "longest"/"shortest": greedy).
 * Span only, "same_span": a second entity on the same words (one class per span; the one with
   more relations is kept); "too_wide": an entity of more than ``max_span_width`` words.
+* Context (``context_length`` > 0): each example also reads up to that many wordpieces of the
+  criteria around its line (the lines before it, then after it), never scored; a long
+  criterion's windows read the same neighbouring lines, not each other. ``max_length``
+  bounds the criterion's own wordpieces: an example has at most ``max_length +
+  context_length``.
 * Criteria longer than ``max_length`` wordpieces are split into windows at word boundaries
   that cut no kept entity (preferring a cut after punctuation); "window_too_short" counts an
   entity longer than a window (it cannot happen at length 128 on Chia).
@@ -73,13 +78,18 @@ class EntitySpan:
 class Example:
     """One model input: a criterion line, or one window of a long one.
 
-    ``input_ids`` int32 [n] with [CLS] ... [SEP]; ``offsets`` int32 [n, 2] character offsets
-    of each wordpiece into ``text`` ((0, 0) for special tokens); ``words`` int32 [w, 2]
+    ``input_ids`` int32 [n]: [CLS] criterion [SEP], or with ``context_length`` [CLS] left
+    context, criterion [SEP] right context (:meth:`Encoder._context`: wordpieces of the
+    neighbouring criteria of the document, each line's followed by [SEP]), which the encoder
+    reads and no word, entity or score ever points into; ``offsets`` int32 [n, 2] character
+    offsets of each wordpiece into ``text`` ((0, 0) for special and context tokens);
+    ``words`` int32 [w, 2]
     character offsets of each word into ``text``; ``word_starts`` int32 [w] index into
     ``input_ids`` of each word's first wordpiece; ``entities`` sorted by (start, end);
     ``relations``: (head entity index, tail entity index, label id >= 1) into ``entities``.
     ``text`` is the whole criterion line; ``line_start`` its character offset in the document;
-    ``line`` its 1-based line number.
+    ``line`` its 1-based line number; ``right_context``: wordpieces of context after the
+    criterion's [SEP].
     """
 
     doc_id: str
@@ -93,11 +103,17 @@ class Example:
     word_starts: np.ndarray
     entities: tuple[EntitySpan, ...]
     relations: tuple[tuple[int, int, int], ...]
+    right_context: int = 0
 
     @property
     def length(self) -> int:
         """Wordpieces, [CLS] and [SEP] included."""
         return len(self.input_ids)
+
+    @property
+    def sep(self) -> int:
+        """Index into ``input_ids`` of the [SEP] that closes the criterion."""
+        return self.length - 1 - self.right_context
 
     @property
     def num_words(self) -> int:
@@ -155,16 +171,20 @@ class Encoder:
         max_length: int = 128,
         scheme: EntityScheme | None = None,
         lenient: bool = True,
+        context_length: int = 0,
     ):
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("a fast tokenizer (with offset mapping) is required")
         if max_length < 3:
             raise ValueError("max_length must leave room for [CLS] x [SEP]")
+        if context_length < 0:
+            raise ValueError(f"context_length must be >= 0, got {context_length}")
         self.schema = schema
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.scheme = scheme if scheme is not None else BioScheme(len(schema.entity_types))
         self.lenient = lenient
+        self.context_length = context_length
 
     def tokenize(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per text: wordpiece ids int32 [n], character offsets int32 [n, 2] and word index
@@ -258,6 +278,7 @@ class Encoder:
             )
             if len(windows) > 1:
                 acc.windowed_criteria += 1
+            left, right = self._context(tokenized, k)
             for w, (w_start, w_end) in enumerate(windows):
                 in_window = np.flatnonzero((first_piece >= w_start) & (first_piece < w_end))
                 if not len(in_window):
@@ -298,14 +319,19 @@ class Encoder:
                         line_start,
                         w,
                         text,
-                        self._input_ids(ids[w_start:w_end]),
+                        self._input_ids(ids[w_start:w_end], left, right),
                         np.concatenate(
-                            [np.zeros((1, 2), np.int32), offsets[w_start:w_end], np.zeros((1, 2))]
+                            [
+                                np.zeros((1 + len(left), 2)),
+                                offsets[w_start:w_end],
+                                np.zeros((1 + len(right), 2)),
+                            ]
                         ).astype(np.int32),
                         words[w_first:w_last].astype(np.int32),
-                        (first_piece[w_first:w_last] - w_start + 1).astype(np.int32),
+                        (first_piece[w_first:w_last] - w_start + 1 + len(left)).astype(np.int32),
                         tuple(spans),
                         (),
+                        len(right),
                     )
                 )
         acc.entities.kept += len(placed)
@@ -410,11 +436,57 @@ class Encoder:
         )
         return set(got) == want and len(set(firsts.values())) == len(fragments)
 
-    def _input_ids(self, ids: np.ndarray) -> np.ndarray:
+    def _context(self, tokenized, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Wordpieces of the criteria around line ``k`` that its examples read (see
+        :class:`Example`): (left, right), int32, each line's piece followed by [SEP].
+
+        Left: the lines before ``k``, nearest last, at most ``context_length // 2`` wordpieces,
+        the farthest line cut to its last whole words. Right: the lines after ``k`` in the
+        room left (``context_length - len(left)``), the farthest cut to its first whole words.
+        """
+        budget = self.context_length
+        if not budget:
+            empty = np.zeros(0, np.int32)
+            return empty, empty
+        sep = self.tokenizer.sep_token_id
+        left: list[np.ndarray] = []
+        room = budget // 2
+        for j in range(k - 1, -1, -1):
+            ids, _, word_of = tokenized[j]
+            if room < 2:
+                break
+            if len(ids) + 1 > room:  # the line's last whole words that fit
+                starts = np.flatnonzero(np.r_[True, word_of[1:] != word_of[:-1]])
+                fit = starts[len(ids) - starts <= room - 1]
+                if not len(fit):
+                    break
+                ids = ids[fit[0] :]
+            left.insert(0, np.r_[ids, sep])
+            room -= len(ids) + 1
+        left_ids = np.concatenate(left) if left else np.zeros(0, np.int64)
+        right: list[np.ndarray] = []
+        room = budget - len(left_ids)
+        for j in range(k + 1, len(tokenized)):
+            ids, _, word_of = tokenized[j]
+            if room < 2:
+                break
+            if len(ids) + 1 > room:  # the line's first whole words that fit
+                ends = np.flatnonzero(np.r_[word_of[1:] != word_of[:-1], True]) + 1
+                fit = ends[ends <= room - 1]
+                if not len(fit):
+                    break
+                ids = ids[: fit[-1]]
+            right.append(np.r_[ids, sep])
+            room -= len(ids) + 1
+        right_ids = np.concatenate(right) if right else np.zeros(0, np.int64)
+        return left_ids.astype(np.int32), right_ids.astype(np.int32)
+
+    def _input_ids(self, ids: np.ndarray, left=(), right=()) -> np.ndarray:
+        """[CLS] left ids [SEP] right: the criterion's wordpieces and its context."""
         specials = self.tokenizer
-        return np.concatenate([[specials.cls_token_id], ids, [specials.sep_token_id]]).astype(
-            np.int32
-        )
+        return np.concatenate(
+            [[specials.cls_token_id], left, ids, [specials.sep_token_id], right]
+        ).astype(np.int32)
 
     def _attach_relations(self, relations, placed, reasons, examples, lines, acc):
         """Adds relation triples to examples in place (examples are frozen: rebuilt)."""

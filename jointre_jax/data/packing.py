@@ -97,23 +97,29 @@ def row_slots(examples: Sequence[Example], length: int, multiple: int = 8) -> in
     return max(entity_slots(examples, multiple), -(-dense // multiple) * multiple)
 
 
+def example_length(config) -> int:
+    """The most wordpieces an example can have: ``data.max_length`` + ``data.context_length``."""
+    return int(config.data.max_length) + int(config.data.get("context_length", 0))
+
+
 def row_length(config) -> int:
-    """``data.pack_length`` (0: ``data.max_length``); a UserError when shorter than
-    ``data.max_length``, since every example must fit a row."""
+    """``data.pack_length`` (0: :func:`example_length`); a UserError when shorter than that,
+    since every example must fit a row."""
     data = config.data
-    length = int(data.pack_length) or int(data.max_length)
-    if length < int(data.max_length):
+    longest = example_length(config)
+    length = int(data.pack_length) or longest
+    if length < longest:
         raise UserError(
-            f"data.pack_length={length} is shorter than data.max_length={data.max_length}: "
-            "an example of max_length wordpieces must fit a row; set --config.data.pack_length "
-            "to at least max_length (or lower --config.data.max_length too)"
+            f"data.pack_length={length} is shorter than data.max_length + data.context_length "
+            f"= {longest}: every example must fit a row; set --config.data.pack_length to at "
+            "least that (or lower --config.data.max_length or context_length too)"
         )
     return length
 
 
 def resolve(config, examples: Sequence[Example], devices: int) -> None:
     """Sets the packing sizes left at 0 in ``config`` (in place) from the training
-    ``examples``: ``data.pack_length`` (``data.max_length``), ``data.pack_rows``,
+    ``examples``: ``data.pack_length`` (:func:`example_length`), ``data.pack_rows``,
     ``data.eval_pack_rows`` and ``model.max_entities`` (see the module docstring)."""
     data = config.data
     with config.unlocked():
@@ -194,5 +200,10 @@ def make_batcher(config, examples: Sequence[Example], scheme, training: bool) ->
             size = data.batch_size if training else data.eval_batch_size
             rows = rows_for(size, mean_length(examples), length)
         return PackedBatcher(examples, length, rows, seed, scheme, slots)
+    if max(data.bucket_boundaries) < example_length(config):
+        raise UserError(
+            f"data.bucket_boundaries end at {max(data.bucket_boundaries)}, below data.max_length "
+            f"+ data.context_length = {example_length(config)}: add a bucket that long"
+        )
     size = data.batch_size if training else data.eval_batch_size
     return Batcher(examples, data.bucket_boundaries, size, seed, scheme, slots)

@@ -48,6 +48,7 @@ def build_report(config, splits=None, progress: bool = False) -> dict:
             "data_dir": str(data.dir),
             "encoder": str(config.model.encoder),
             "max_length": int(data.max_length),
+            "context_length": int(data.get("context_length", 0)),
             "bucket_boundaries": list(data.bucket_boundaries),
             "ner_decoder": encoder.scheme.name,
             "anchor": str(data.anchor),
