@@ -438,48 +438,40 @@ class Encoder:
 
     def _context(self, tokenized, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Wordpieces of the criteria around line ``k`` that its examples read (see
-        :class:`Example`): (left, right), int32, each line's piece followed by [SEP].
+        :class:`Example`): (left, right), int32, each line's pieces followed by [SEP]. Left:
+        the lines before ``k``, at most ``context_length // 2`` wordpieces; right: the lines
+        after it, in the room left (``context_length - len(left)``)."""
+        lines = len(tokenized)
+        left = self._neighbours(tokenized, range(k - 1, -1, -1), self.context_length // 2, True)
+        room = self.context_length - len(left)
+        return left, self._neighbours(tokenized, range(k + 1, lines), room, False)
 
-        Left: the lines before ``k``, nearest last, at most ``context_length // 2`` wordpieces,
-        the farthest line cut to its last whole words. Right: the lines after ``k`` in the
-        room left (``context_length - len(left)``), the farthest cut to its first whole words.
-        """
-        budget = self.context_length
-        if not budget:
-            empty = np.zeros(0, np.int32)
-            return empty, empty
+    def _neighbours(self, tokenized, order, room: int, before: bool) -> np.ndarray:
+        """The pieces of the lines ``order`` (nearest first), each closed by [SEP], in at most
+        ``room`` wordpieces, in text order, int32. The farthest line taken is cut to its whole
+        words nearest the criterion: its last words ``before`` it, else its first words."""
         sep = self.tokenizer.sep_token_id
-        left: list[np.ndarray] = []
-        room = budget // 2
-        for j in range(k - 1, -1, -1):
+        parts = []
+        for j in order:
             ids, _, word_of = tokenized[j]
-            if room < 2:
-                break
-            if len(ids) + 1 > room:  # the line's last whole words that fit
+            if len(ids) + 1 > room:
                 starts = np.flatnonzero(np.r_[True, word_of[1:] != word_of[:-1]])
-                fit = starts[len(ids) - starts <= room - 1]
-                if not len(fit):
+                if before:  # a cut at a word start, leaving room for [SEP]
+                    cuts = starts[len(ids) - starts <= room - 1]
+                    ids = ids[cuts[0] :] if len(cuts) else ids[:0]
+                else:  # a cut at a word end
+                    cuts = np.r_[starts[1:], len(ids)]
+                    cuts = cuts[cuts <= room - 1]
+                    ids = ids[: cuts[-1]] if len(cuts) else ids[:0]
+                if not len(ids):
                     break
-                ids = ids[fit[0] :]
-            left.insert(0, np.r_[ids, sep])
+            parts.append(np.r_[ids, sep])
             room -= len(ids) + 1
-        left_ids = np.concatenate(left) if left else np.zeros(0, np.int64)
-        right: list[np.ndarray] = []
-        room = budget - len(left_ids)
-        for j in range(k + 1, len(tokenized)):
-            ids, _, word_of = tokenized[j]
             if room < 2:
                 break
-            if len(ids) + 1 > room:  # the line's first whole words that fit
-                ends = np.flatnonzero(np.r_[word_of[1:] != word_of[:-1], True]) + 1
-                fit = ends[ends <= room - 1]
-                if not len(fit):
-                    break
-                ids = ids[: fit[-1]]
-            right.append(np.r_[ids, sep])
-            room -= len(ids) + 1
-        right_ids = np.concatenate(right) if right else np.zeros(0, np.int64)
-        return left_ids.astype(np.int32), right_ids.astype(np.int32)
+        if before:
+            parts.reverse()
+        return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
 
     def _input_ids(self, ids: np.ndarray, left=(), right=()) -> np.ndarray:
         """[CLS] left ids [SEP] right: the criterion's wordpieces and its context."""
