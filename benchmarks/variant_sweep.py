@@ -208,11 +208,9 @@ def main(argv=None) -> int:
     finished = [r["seconds"] for r in rows if r["returncode"] == 0]
     needed = min(finished) if finished else float("inf")
     left = started + args.deadline - time.time()
-    if not (best and more):
-        pass
-    elif needed < left:
+    if best and more and needed < left:
         runs += [launch(args, n, s, VARIANTS[n]) for n in best for s in more]
-    else:
+    elif best and more:
         print(f"phase 2 skipped: a run took {needed:.0f} s, {left:.0f} s left", flush=True)
     wait(args, runs, started, started + args.deadline)
     for r in runs:

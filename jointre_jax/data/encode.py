@@ -130,6 +130,13 @@ def split_lines(text: str) -> list[tuple[int, int, int]]:
     return lines
 
 
+def word_pieces(word_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first wordpiece, one past the last wordpiece) of each word, int64 [w] each, from the
+    word index of each wordpiece (int [n], a tokenizer's ``word_ids`` without specials)."""
+    first = np.flatnonzero(np.r_[True, word_of[1:] != word_of[:-1]])
+    return first, np.r_[first[1:], len(word_of)]
+
+
 def choose_windows(num_tokens: int, budget: int, spans, token_texts, cuts=None):
     """Cuts ``num_tokens`` wordpieces into windows of at most ``budget`` tokens.
 
@@ -240,8 +247,8 @@ class Encoder:
         for k, (number, line_start, line_end) in enumerate(lines):
             ids, offsets, word_of = tokenized[k]
             text = doc.text[line_start:line_end]
-            first_piece = np.flatnonzero(np.r_[True, word_of[1:] != word_of[:-1]])
-            last_piece = np.r_[first_piece[1:], len(ids)] - 1
+            first_piece, piece_end = word_pieces(word_of)
+            last_piece = piece_end - 1
             words = np.stack([offsets[first_piece, 0], offsets[last_piece, 1]], -1)
             starts = {int(a): w for w, (a, _) in enumerate(words)}
             ends = {int(b): w + 1 for w, (_, b) in enumerate(words)}
@@ -441,10 +448,9 @@ class Encoder:
         :class:`Example`): (left, right), int32, each line's pieces followed by [SEP]. Left:
         the lines before ``k``, at most ``context_length // 2`` wordpieces; right: the lines
         after it, in the room left (``context_length - len(left)``)."""
-        lines = len(tokenized)
         left = self._neighbours(tokenized, range(k - 1, -1, -1), self.context_length // 2, True)
         room = self.context_length - len(left)
-        return left, self._neighbours(tokenized, range(k + 1, lines), room, False)
+        return left, self._neighbours(tokenized, range(k + 1, len(tokenized)), room, False)
 
     def _neighbours(self, tokenized, order, room: int, before: bool) -> np.ndarray:
         """The pieces of the lines ``order`` (nearest first), each closed by [SEP], in at most
@@ -455,13 +461,12 @@ class Encoder:
         for j in order:
             ids, _, word_of = tokenized[j]
             if len(ids) + 1 > room:
-                starts = np.flatnonzero(np.r_[True, word_of[1:] != word_of[:-1]])
+                starts, ends = word_pieces(word_of)
                 if before:  # a cut at a word start, leaving room for [SEP]
                     cuts = starts[len(ids) - starts <= room - 1]
                     ids = ids[cuts[0] :] if len(cuts) else ids[:0]
                 else:  # a cut at a word end
-                    cuts = np.r_[starts[1:], len(ids)]
-                    cuts = cuts[cuts <= room - 1]
+                    cuts = ends[ends <= room - 1]
                     ids = ids[: cuts[-1]] if len(cuts) else ids[:0]
                 if not len(ids):
                     break
@@ -473,7 +478,7 @@ class Encoder:
             parts.reverse()
         return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
 
-    def _input_ids(self, ids: np.ndarray, left=(), right=()) -> np.ndarray:
+    def _input_ids(self, ids: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """[CLS] left ids [SEP] right: the criterion's wordpieces and its context."""
         specials = self.tokenizer
         return np.concatenate(
