@@ -47,6 +47,10 @@ VARIANTS = {
     "ctx64": {"data.context_length": 64},
     "ctx128": {"data.context_length": 128},
     "ctx64_wmask": {"data.context_length": 64, "model.word_masking": 0.15},
+    # Regularisers: a moving average of the parameters; adversarial word embeddings.
+    "ema": {"optim.ema_decay": 0.999},
+    "fgm": {"model.adversarial_epsilon": 1.0},
+    "fgm2": {"model.adversarial_epsilon": 2.0},
 }
 
 

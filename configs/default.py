@@ -234,6 +234,10 @@ def get_config() -> ml_collections.ConfigDict:
     # span: boundary smoothing eps of the NER loss (0: off, at most 0.25): a gold span gives eps
     # of its target to the candidate spans one boundary word away (Zhu and Li, ACL 2022).
     config.model.boundary_smoothing = 0.0
+    # > 0: adversarial training (the fast gradient method, Miyato et al. 2017): each step also
+    # takes the gradient of the loss with every encoder's word-embedding table moved by this
+    # norm along its gradient (a second forward and backward pass: about twice the step's cost).
+    config.model.adversarial_epsilon = 0.0
 
     # ---------------------------------------------------------- optimiser
     config.optim = ml_collections.ConfigDict()
@@ -251,6 +255,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.weight_decay = 0.01
     # Gradient clipping by global norm.
     config.optim.grad_clip_norm = 1.0
+    # > 0: keep an exponential moving average of the parameters with this decay per step
+    # (0.999: about the last 1,000 steps), which evaluation, the kept checkpoint's scores and
+    # inference use; 0: the parameters themselves.
+    config.optim.ema_decay = 0.0
 
     config.lock()
     return config

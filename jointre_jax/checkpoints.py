@@ -107,17 +107,18 @@ def set_aside(directory: pathlib.Path, reason: str, after: int = -1) -> None:
                         aside.name)  # fmt: skip
 
 
-def restore_params(path: pathlib.Path, params):
+def restore_params(path: pathlib.Path, params, field: str = "params"):
     """The parameters of the checkpoint at ``path`` (a step folder), onto ``params``'
-    shardings; the optimiser moments are not read."""
+    shardings; the optimiser moments are not read. ``field``: the state's field that holds
+    them ("ema_params": the moving average of a run with ``optim.ema_decay``)."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), params)
     restored = ocp.PyTreeCheckpointer().restore(
         pathlib.Path(path).absolute() / "state",
         args=ocp.args.PyTreeRestore(
-            {"params": abstract}, restore_args={"params": restore_args}, partial_restore=True
+            {field: abstract}, restore_args={field: restore_args}, partial_restore=True
         ),
-    )["params"]
+    )[field]
     # A partial restore leaves what the checkpoint lacks as placeholders: another model's.
     missing = [
         "/".join(str(getattr(k, "key", k)) for k in keys)
@@ -132,8 +133,9 @@ def restore_params(path: pathlib.Path, params):
     return restored
 
 
-def restore_run_params(workdir: pathlib.Path, params):
-    """(params, step folder) of the first readable checkpoint of a run: ``best/``, then
+def restore_run_params(workdir: pathlib.Path, params, field: str = "params"):
+    """(params, step folder) of the first readable checkpoint of a run (its ``field``, see
+    :func:`restore_params`): ``best/``, then
     ``checkpoints/``, newest first. Unreadable ones are logged, one line each, and the one used
     instead is named. Raises CheckpointError when none is readable or the run has none."""
     workdir = pathlib.Path(workdir)
@@ -142,7 +144,7 @@ def restore_run_params(workdir: pathlib.Path, params):
         for step in steps(workdir / folder):
             path = workdir / folder / str(step)
             try:
-                restored = restore_params(path, params)
+                restored = restore_params(path, params, field)
             except Exception as err:  # noqa: BLE001 - any damage to the files: try the next one
                 failures.append(f"{path} ({describe(err)})")
                 log.warning("checkpoint %s is unreadable: %s", path, describe(err))

@@ -11,6 +11,9 @@
 * AdamW with linear warmup and linear decay, global-norm gradient clipping; the new heads may
   take their own peak learning rate (``optim.head_learning_rate``), the encoder's layers
   decayed ones (``optim.layer_decay``).
+* ``optim.ema_decay`` > 0: the state also carries an exponential moving average of the
+  parameters (``TrainState.ema_params``), which evaluation, the best checkpoint's scores and
+  inference use (:meth:`TrainState.eval_params`).
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import os
 import pathlib
 import threading
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 from jax.sharding import Mesh
 
@@ -39,9 +44,51 @@ from jointre_jax.model.joint import JointModel
 from jointre_jax.model.losses import LossOptions, loss_terms, total_loss
 from jointre_jax.model.pretrained import load_weights, merge_pretrained, resolve_encoder
 
-TrainState = train_state.TrainState
 log = logging.getLogger(__name__)
 ENCODERS = ("encoder", "re_encoder")  # top-level parameter groups holding pre-trained BERTs
+# Below an encoder: the word-embedding table that adversarial training perturbs.
+WORD_EMBEDDINGS = ("embeddings", "word_embeddings", "embedding")
+# The EMA decay of step t is min(ema_decay, (1 + t) / (EMA_WARMUP + t)): early steps, whose
+# parameters are far from the later ones, are forgotten quickly (TensorFlow's num_updates).
+EMA_WARMUP = 10.0
+
+
+class TrainState(train_state.TrainState):
+    """flax's TrainState, plus, with ``ema_decay`` > 0, an exponential moving average of the
+    parameters after each step (``ema_params``; None when off, so checkpoints without it
+    restore unchanged)."""
+
+    ema_params: Any = None
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+    def apply_gradients(self, *, grads, **kwargs):
+        new = super().apply_gradients(grads=grads, **kwargs)
+        if not self.ema_decay:
+            return new
+        t = new.step.astype(jnp.float32)
+        decay = jnp.minimum(self.ema_decay, (1.0 + t) / (EMA_WARMUP + t))
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, self.ema_params, new.params)
+        return new.replace(ema_params=ema)
+
+    @property
+    def eval_params(self):
+        """The parameters that evaluation and inference use: the EMA ones when kept."""
+        return self.ema_params if self.ema_decay else self.params
+
+
+def perturb_word_embeddings(params, grads, epsilon: float):
+    """``params`` with each encoder's word-embedding table E moved by ``epsilon * g / ||g||``
+    (g: its gradient, ||g|| its Frobenius norm): the fast gradient method's adversarial
+    direction (Miyato et al. 2017), the rest unchanged."""
+
+    def move(path, p, g):
+        keys = tuple(getattr(k, "key", str(k)) for k in path)
+        if keys[0] in ENCODERS and keys[1:] == WORD_EMBEDDINGS:
+            norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
+            return p + (epsilon / jnp.maximum(norm, 1e-12)) * g
+        return p
+
+    return jax.tree_util.tree_map_with_path(move, params, grads)
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, options: LossOptions):
@@ -51,26 +98,35 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, options: LossO
       state: the TrainState (donated).
       batch: arrays of ``data.batching`` for the global batch [B, L] (rows split over every device).
       rng: the run's base key; the step's dropout key is ``fold_in(rng, state.step)``.
-      options: the loss's static options (bound with ``functools.partial``).
+      options: the loss's static options (bound with ``functools.partial``). With
+        ``adversarial_epsilon`` > 0 the gradient is that of the loss plus that of the loss
+        at the word embeddings moved in the adversarial direction
+        (:func:`perturb_word_embeddings`; a second forward and backward pass, with another
+        dropout key); the metrics are those of the first.
     Returns:
       (new state, metrics: dict of scalar sums ``ner_loss_sum``, ``ner_count``,
       ``re_loss_sum``, ``re_pairs`` and the scalar ``loss``).
     """
     dropout_rng = jax.random.fold_in(rng, state.step)
 
-    def loss_fn(params):
+    def loss_fn(params, key):
         outputs = state.apply_fn(
             {"params": params},
             batch,
             deterministic=False,
             label_source=options.label_source,
             tables=(options.re_table,),
-            rngs={"dropout": dropout_rng},
+            rngs={"dropout": key},
         )
         terms = loss_terms(outputs, batch, options)
         return total_loss(terms, options.ner_weight, options.re_weight), terms
 
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, terms), grads = grad_fn(state.params, dropout_rng)
+    if options.adversarial_epsilon:
+        moved = perturb_word_embeddings(state.params, grads, options.adversarial_epsilon)
+        _, adversarial = grad_fn(moved, jax.random.fold_in(dropout_rng, 1))
+        grads = jax.tree.map(jnp.add, grads, adversarial)
     return state.apply_gradients(grads=grads), {**terms, "loss": loss}
 
 
@@ -203,6 +259,7 @@ def loss_options(config, scheme: EntityScheme) -> LossOptions:
         ner_weight=float(config.model.ner_loss_weight),
         re_weight=float(config.model.re_loss_weight),
         boundary_smoothing=float(config.model.get("boundary_smoothing", 0.0)),
+        adversarial_epsilon=float(config.model.get("adversarial_epsilon", 0.0)),
     )
 
 
@@ -330,8 +387,15 @@ def create_state(config, model: JointModel, weights_dir, total_steps: int, mesh:
     params = create_params(config, model, weights_dir, mesh)
     tx = create_optimizer(config, total_steps, model.encoder_config.num_hidden_layers)
 
+    ema_decay = float(config.optim.get("ema_decay", 0.0))
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"optim.ema_decay {ema_decay} not in [0, 1)")
+
     def new_state(params):
-        state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+        ema = jax.tree.map(jnp.copy, params) if ema_decay else None
+        state = TrainState.create(
+            apply_fn=model.apply, params=params, tx=tx, ema_params=ema, ema_decay=ema_decay
+        )
         # A strict (not weak-typed) int32 step: restored checkpoints have one, and a weak-typed
         # step would make jit compile every shape again after a restore.
         return state.replace(step=jnp.zeros((), jnp.int32))

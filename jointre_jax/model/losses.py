@@ -48,6 +48,9 @@ class LossOptions:
     ner_weight: float = 1.0
     re_weight: float = 1.0
     boundary_smoothing: float = 0.0
+    # > 0: adversarial training on the word embeddings (runtime.train_step), this the norm of
+    # each encoder's perturbation.
+    adversarial_epsilon: float = 0.0
 
     def __post_init__(self):
         if self.negative_sampling not in NEGATIVE_SAMPLING:
@@ -60,6 +63,8 @@ class LossOptions:
                 f"[0, {MAX_BOUNDARY_SMOOTHING}] (a span has four neighbours: more could give "
                 "a neighbour more than its whole target)"
             )
+        if self.adversarial_epsilon < 0:
+            raise ValueError(f"adversarial_epsilon {self.adversarial_epsilon} is negative")
         if self.boundary_smoothing and not isinstance(self.scheme, SpanScheme):
             raise ValueError("boundary_smoothing needs the span decoder (model.ner_decoder)")
 

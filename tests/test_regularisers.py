@@ -1,0 +1,148 @@
+"""Training regularisers of ``runtime``: the moving average of the parameters
+(``optim.ema_decay``) and adversarial training on the word embeddings
+(``model.adversarial_epsilon``), each against its formula, and an EMA run's scores from
+``evaluate`` equal to its training's."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jointre_jax import checkpoints, inference, runtime, train
+from jointre_jax.data.batching import Batcher
+from jointre_jax.data.corpus import load_split, make_encoder
+from jointre_jax.model.losses import LossOptions, loss_terms, total_loss
+from tests.test_train import tiny_train_config
+
+
+def tiny_state(tmp_path, decoder="span", **optim):
+    """(config, model, state, options, batches) of a tiny joint run on one device."""
+    config = tiny_train_config(tmp_path, epochs=1, decoder=decoder, packing=False)
+    config.num_devices = 1
+    for key, value in optim.items():
+        config.optim[key] = value
+    encoder = make_encoder(config)
+    data = load_split(config, "train", encoder, progress=False)
+    runtime.resolve_sizes(config, data.examples)
+    bert, _ = runtime.encoder_config(config)
+    model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
+    mesh = runtime.make_mesh(config)
+    state = runtime.create_state(config, model, None, 10, mesh)
+    batcher = Batcher(data.examples, (16, 128), 4, scheme=encoder.scheme)
+    batches = [batcher.build(p) for p in batcher.epoch_plan(0)]
+    options = runtime.loss_options(config, encoder.scheme)
+    return config, model, state, options, batches, mesh
+
+
+def numpy_tree(tree):
+    return jax.tree.map(lambda x: np.array(x, np.float64), tree)
+
+
+def test_ema_params_follow_their_formula(tmp_path):
+    decay = 0.6
+    config, model, state, options, batches, mesh = tiny_state(tmp_path, ema_decay=decay)
+    assert state.eval_params is state.ema_params
+    expected = numpy_tree(state.params)  # the average starts at the initial parameters
+    step_fn = runtime.jit_train_step(mesh, state, options)
+    rng = jax.random.key(0)
+    for t in range(1, 5):
+        state, _ = step_fn(state, batches[(t - 1) % len(batches)], rng)
+        d = min(decay, (1 + t) / (runtime.EMA_WARMUP + t))
+        params = numpy_tree(state.params)
+        expected = jax.tree.map(lambda e, p: d * e + (1 - d) * p, expected, params)  # noqa: B023
+    moved = 0.0
+    for e, a, p in zip(*(jax.tree.leaves(x) for x in (expected, state.ema_params, state.params)),
+                       strict=True):  # fmt: skip
+        np.testing.assert_allclose(np.asarray(a), e, rtol=1e-5, atol=1e-6)
+        moved = max(moved, float(np.abs(np.asarray(a) - np.asarray(p)).max()))
+    assert moved > 1e-4  # the average lags the parameters
+
+
+def test_without_ema_the_state_is_as_before(tmp_path):
+    config, model, state, options, batches, mesh = tiny_state(tmp_path)
+    assert state.ema_params is None and state.eval_params is state.params
+    with pytest.raises(ValueError, match="ema_decay"):
+        tiny_state(tmp_path / "bad", ema_decay=1.0)
+
+
+def test_perturbation_moves_each_word_embedding_table_by_epsilon(tmp_path):
+    config, model, state, options, batches, mesh = tiny_state(tmp_path, decoder="bio")
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), state.params)
+    moved = runtime.perturb_word_embeddings(state.params, grads, 0.25)
+    tables = 0
+    for path, before in jax.tree_util.tree_leaves_with_path(state.params):
+        keys = tuple(k.key for k in path)
+        after = moved
+        for k in keys:
+            after = after[k]
+        delta = np.asarray(after) - np.asarray(before)
+        if keys[1:] == runtime.WORD_EMBEDDINGS:
+            tables += 1
+            assert np.linalg.norm(delta) == pytest.approx(0.25, rel=1e-5)  # along g: all equal
+            assert np.ptp(delta) < 1e-7 and delta.flat[0] > 0
+        else:
+            assert not delta.any(), keys
+    assert tables == 1
+
+
+@pytest.mark.parametrize("decoder", ["bio", "span"])
+def test_adversarial_step_adds_the_gradient_at_the_moved_embeddings(tmp_path, decoder):
+    config, model, state, options, batches, mesh = tiny_state(tmp_path, decoder=decoder)
+    epsilon, batch, rng = 0.5, batches[0], jax.random.key(3)
+    key = jax.random.fold_in(rng, state.step)
+
+    def loss(params, dropout_key):  # the joint loss, from the model and the loss module
+        outputs = model.apply(
+            {"params": params}, batch, deterministic=False, label_source="gold",
+            tables=(options.re_table,), rngs={"dropout": dropout_key},
+        )  # fmt: skip
+        return total_loss(loss_terms(outputs, batch, options), options.ner_weight,
+                          options.re_weight)  # fmt: skip
+
+    clean = jax.grad(loss)(state.params, key)
+    table = clean["encoder"]["embeddings"]["word_embeddings"]["embedding"]
+    moved = jax.tree.map(lambda x: x, state.params)
+    words = moved["encoder"]["embeddings"]["word_embeddings"]
+    words["embedding"] = words["embedding"] + epsilon * table / jnp.linalg.norm(table)
+    adversarial = jax.grad(loss)(moved, jax.random.fold_in(key, 1))
+    expected = state.apply_gradients(grads=jax.tree.map(jnp.add, clean, adversarial))
+    plain = state.apply_gradients(grads=clean)
+    step = jax.jit(runtime.train_step, static_argnames="options")
+    adv_options = dataclasses.replace(options, adversarial_epsilon=epsilon)
+    new, metrics = step(state, batch, rng, options=adv_options)
+    assert float(metrics["loss"]) == pytest.approx(float(loss(state.params, key)), rel=1e-5)
+    gap = 0.0
+    leaves = lambda s: jax.tree.leaves((s.params, s.opt_state))  # noqa: E731 - moments hold g
+    for a, b, c in zip(*(leaves(x) for x in (new, expected, plain)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+        gap = max(gap, float(np.abs(np.asarray(b) - np.asarray(c)).max()))
+    assert gap > 1e-6  # the adversarial gradient changed the step
+    with pytest.raises(ValueError, match="adversarial_epsilon"):
+        LossOptions(adversarial_epsilon=-1.0)
+
+
+def test_an_ema_run_is_scored_and_restored_with_its_average(tmp_path):
+    config = tiny_train_config(tmp_path, epochs=8, decoder="span")
+    config.optim.ema_decay = 0.9
+    config.model.adversarial_epsilon = 0.1
+    trained = train.train_and_evaluate(config, tmp_path / "run")
+    corpus = tmp_path / "corpus"
+    scores = inference.evaluate_folder(
+        tmp_path / "run", corpus / "brat", corpus / "splits" / "train.txt"
+    )
+    for key in ("ner", "re_gs", "re_e2e"):
+        assert scores[key]["f1"] == pytest.approx(trained[key]["f1"])
+    assert scores["corpus"]["ner"] == trained["corpus"]["ner"]
+    best = tmp_path / "run" / "best"
+    folder = best / str(checkpoints.steps(best)[0])
+    _, predictor, _ = inference.load_run(tmp_path / "run")
+    params = checkpoints.restore_params(folder, predictor.params, "params")
+    average = checkpoints.restore_params(folder, predictor.params, "ema_params")
+    for a, b in zip(jax.tree.leaves(predictor.params), jax.tree.leaves(average), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # inference reads the EMA
+    assert any(  # which is not the parameters themselves
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(average), strict=True)
+    )
