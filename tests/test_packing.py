@@ -16,7 +16,7 @@ from jointre_jax.labels import BioScheme
 from jointre_jax.model.losses import LossOptions, loss_terms
 from jointre_jax.predictor import Predictor
 from tests.conftest import CHIA_DIR, MINILM_DIR, needs_chia
-from tests.test_train import tiny_train_config
+from tests.test_train import tiny_model, tiny_train_config
 
 
 def test_pack_places_every_example_once_within_both_capacities():
@@ -56,11 +56,7 @@ def _tiny(tmp_path, decoder="bio", packing=True, num_devices=None, context_lengt
         config.data.pack_length = 0  # max_length + context_length
     for key, value in model.items():
         config.model[key] = value
-    encoder = make_encoder(config)
-    data = load_split(config, "train", encoder, progress=False)
-    runtime.resolve_sizes(config, data.examples)
-    bert, _ = runtime.encoder_config(config)
-    model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
+    encoder, data, model = tiny_model(config)
     return config, encoder, data, model
 
 

@@ -12,9 +12,8 @@ import pytest
 
 from jointre_jax import checkpoints, inference, runtime, train
 from jointre_jax.data.batching import Batcher
-from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.model.losses import LossOptions, loss_terms, total_loss
-from tests.test_train import tiny_train_config
+from tests.test_train import assert_evaluate_matches_training, tiny_model, tiny_train_config
 
 
 def tiny_state(tmp_path, decoder="span", **optim):
@@ -23,11 +22,7 @@ def tiny_state(tmp_path, decoder="span", **optim):
     config.num_devices = 1
     for key, value in optim.items():
         config.optim[key] = value
-    encoder = make_encoder(config)
-    data = load_split(config, "train", encoder, progress=False)
-    runtime.resolve_sizes(config, data.examples)
-    bert, _ = runtime.encoder_config(config)
-    model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
+    encoder, data, model = tiny_model(config)
     mesh = runtime.make_mesh(config)
     state = runtime.create_state(config, model, None, 10, mesh)
     batcher = Batcher(data.examples, (16, 128), 4, scheme=encoder.scheme)
@@ -128,13 +123,7 @@ def test_an_ema_run_is_scored_and_restored_with_its_average(tmp_path):
     config.optim.ema_decay = 0.9
     config.model.adversarial_epsilon = 0.1
     trained = train.train_and_evaluate(config, tmp_path / "run")
-    corpus = tmp_path / "corpus"
-    scores = inference.evaluate_folder(
-        tmp_path / "run", corpus / "brat", corpus / "splits" / "train.txt"
-    )
-    for key in ("ner", "re_gs", "re_e2e"):
-        assert scores[key]["f1"] == pytest.approx(trained[key]["f1"])
-    assert scores["corpus"]["ner"] == trained["corpus"]["ner"]
+    assert_evaluate_matches_training(tmp_path, trained)  # both with the average
     best = tmp_path / "run" / "best"
     folder = best / str(checkpoints.steps(best)[0])
     _, predictor, _ = inference.load_run(tmp_path / "run")

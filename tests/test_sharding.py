@@ -15,11 +15,10 @@ from jax.sharding import PartitionSpec
 
 from jointre_jax import checkpoints, inference, parallel, runtime
 from jointre_jax.data.batching import Batcher
-from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.labels import BioScheme
 from jointre_jax.model.losses import LossOptions
 from tests.conftest import REPO, override_flags
-from tests.test_train import tiny_train_config
+from tests.test_train import tiny_model, tiny_train_config
 
 # Sharded and one-device steps differ only in the order of floating-point reductions.
 ATOL, RTOL = 2e-6, 1e-5
@@ -48,11 +47,7 @@ def _setup(tmp_path, num_devices, fsdp):
     config.num_devices = num_devices
     config.sharding.fsdp = fsdp
     config.sharding.fsdp_min_size = 64  # the tiny model's arrays are small
-    encoder = make_encoder(config)
-    data = load_split(config, "train", encoder, progress=False)
-    runtime.resolve_sizes(config, data.examples)
-    bert, _ = runtime.encoder_config(config)
-    model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
+    encoder, data, model = tiny_model(config)
     mesh = runtime.make_mesh(config)
     state = runtime.create_state(config, model, None, 10, mesh)
     batcher = Batcher(data.examples, (16, 128), 4, seed=0, scheme=encoder.scheme)

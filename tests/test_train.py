@@ -43,6 +43,30 @@ def tiny_train_config(
     return config
 
 
+def tiny_model(config):
+    """(encoder, train data, model) of a tiny config: its train split read, sizes resolved."""
+    encoder = make_encoder(config)
+    data = load_split(config, "train", encoder, progress=False)
+    runtime.resolve_sizes(config, data.examples)
+    bert, _ = runtime.encoder_config(config)
+    model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
+    return encoder, data, model
+
+
+def assert_evaluate_matches_training(root, trained: dict) -> dict:
+    """``evaluate`` of the run in ``root / "run"`` on the tiny corpus's train split gives the
+    scores its training wrote (``trained``); returns them."""
+    corpus = root / "corpus"
+    scores = inference.evaluate_folder(
+        root / "run", corpus / "brat", corpus / "splits" / "train.txt"
+    )
+    for key in ("ner", "re_gs", "re_e2e"):
+        assert scores[key]["f1"] == pytest.approx(trained[key]["f1"])
+    for key in ("ner", "re_e2e"):  # the same corpus gold, read by evaluate from the folder
+        assert scores["corpus"][key] == trained["corpus"][key]
+    return scores
+
+
 def train_tiny(root, epochs=20, checkpoint_every_steps=0, **data):
     """(config, run folder) of a tiny joint BIO run trained in ``root / "run"``; ``data``
     overrides fields of ``config.data``."""
@@ -159,14 +183,8 @@ def test_one_compile_per_length_bucket(tmp_path):
 def test_evaluate_folder_matches_training_scores(tmp_path):
     config = tiny_train_config(tmp_path, epochs=15)
     trained = train.train_and_evaluate(config, tmp_path / "run")
+    scores = assert_evaluate_matches_training(tmp_path, trained)
     corpus = tmp_path / "corpus"
-    scores = inference.evaluate_folder(
-        tmp_path / "run", corpus / "brat", corpus / "splits" / "train.txt"
-    )
-    for key in ("ner", "re_gs", "re_e2e"):
-        assert scores[key]["f1"] == pytest.approx(trained[key]["f1"])
-    for key in ("ner", "re_e2e"):  # the same corpus gold, read by evaluate from the folder
-        assert scores["corpus"][key] == trained["corpus"][key]
     strict = inference.evaluate_folder(  # a decision threshold keeps fewer relations
         tmp_path / "run",
         corpus / "brat",
