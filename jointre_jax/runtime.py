@@ -12,8 +12,8 @@
   take their own peak learning rate (``optim.head_learning_rate``), the encoder's layers
   decayed ones (``optim.layer_decay``).
 * ``optim.ema_decay`` > 0: the state also carries an exponential moving average of the
-  parameters (``TrainState.ema_params``), which evaluation, the best checkpoint's scores and
-  inference use (:meth:`TrainState.eval_params`).
+  parameters (:class:`EmaTrainState`), which evaluation, the best checkpoint's scores and
+  inference use (:func:`eval_params`).
 """
 
 from __future__ import annotations
@@ -53,27 +53,29 @@ WORD_EMBEDDINGS = ("embeddings", "word_embeddings", "embedding")
 EMA_WARMUP = 10.0
 
 
-class TrainState(train_state.TrainState):
-    """flax's TrainState, plus, with ``ema_decay`` > 0, an exponential moving average of the
-    parameters after each step (``ema_params``; None when off, so checkpoints without it
-    restore unchanged)."""
+TrainState = train_state.TrainState
+
+
+class EmaTrainState(train_state.TrainState):
+    """flax's TrainState plus an exponential moving average of the parameters after each step
+    (``ema_params``). Only runs with ``optim.ema_decay`` > 0 have one: the others keep flax's
+    own, so their checkpoints, and those saved before this class existed, keep one layout."""
 
     ema_params: Any = None
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
     def apply_gradients(self, *, grads, **kwargs):
         new = super().apply_gradients(grads=grads, **kwargs)
-        if not self.ema_decay:
-            return new
         t = new.step.astype(jnp.float32)
         decay = jnp.minimum(self.ema_decay, (1.0 + t) / (EMA_WARMUP + t))
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, self.ema_params, new.params)
         return new.replace(ema_params=ema)
 
-    @property
-    def eval_params(self):
-        """The parameters that evaluation and inference use: the EMA ones when kept."""
-        return self.ema_params if self.ema_decay else self.params
+
+def eval_params(state: TrainState):
+    """The parameters that evaluation and inference use: the moving average when the run
+    keeps one (:class:`EmaTrainState`), else the parameters."""
+    return state.ema_params if isinstance(state, EmaTrainState) else state.params
 
 
 def perturb_word_embeddings(params, grads, epsilon: float):
@@ -392,10 +394,13 @@ def create_state(config, model: JointModel, weights_dir, total_steps: int, mesh:
         raise ValueError(f"optim.ema_decay {ema_decay} not in [0, 1)")
 
     def new_state(params):
-        ema = jax.tree.map(jnp.copy, params) if ema_decay else None
-        state = TrainState.create(
-            apply_fn=model.apply, params=params, tx=tx, ema_params=ema, ema_decay=ema_decay
-        )
+        if ema_decay:
+            ema = jax.tree.map(jnp.copy, params)
+            state = EmaTrainState.create(
+                apply_fn=model.apply, params=params, tx=tx, ema_params=ema, ema_decay=ema_decay
+            )
+        else:
+            state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
         # A strict (not weak-typed) int32 step: restored checkpoints have one, and a weak-typed
         # step would make jit compile every shape again after a restore.
         return state.replace(step=jnp.zeros((), jnp.int32))

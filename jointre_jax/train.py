@@ -106,7 +106,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     predictor = Predictor(config, model, state.params)  # compiled once, given fresh params
 
     def scores(split_data, desc):
-        predictor.params = state.eval_params  # the EMA ones with optim.ema_decay
+        predictor.params = runtime.eval_params(state)  # the average with optim.ema_decay
         return evaluate(predictor, split_data.examples, schema, split_data.corpus_gold, desc)
 
     rng = jax.random.key(config.seed + 1)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.training import train_state
 
 from jointre_jax import checkpoints, inference, runtime, train
 from jointre_jax.data.batching import Batcher
@@ -38,7 +39,7 @@ def numpy_tree(tree):
 def test_ema_params_follow_their_formula(tmp_path):
     decay = 0.6
     config, model, state, options, batches, mesh = tiny_state(tmp_path, ema_decay=decay)
-    assert state.eval_params is state.ema_params
+    assert runtime.eval_params(state) is state.ema_params
     expected = numpy_tree(state.params)  # the average starts at the initial parameters
     step_fn = runtime.jit_train_step(mesh, state, options)
     rng = jax.random.key(0)
@@ -55,9 +56,18 @@ def test_ema_params_follow_their_formula(tmp_path):
     assert moved > 1e-4  # the average lags the parameters
 
 
-def test_without_ema_the_state_is_as_before(tmp_path):
+def test_without_ema_checkpoints_keep_their_layout(tmp_path):
+    """A run without the average restores checkpoints of flax's own TrainState (what every run
+    saved before the average existed), and resumes them."""
     config, model, state, options, batches, mesh = tiny_state(tmp_path)
-    assert state.ema_params is None and state.eval_params is state.params
+    assert runtime.eval_params(state) is state.params
+    old = train_state.TrainState(step=state.step, apply_fn=state.apply_fn, params=state.params,
+                                 tx=state.tx, opt_state=state.opt_state)  # fmt: skip
+    manager = checkpoints.checkpoint_manager(tmp_path / "ckpt")
+    checkpoints.save(manager, 0, old, {"best_metric": None})
+    restored, meta = checkpoints.restore(manager, state)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(old), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="ema_decay"):
         tiny_state(tmp_path / "bad", ema_decay=1.0)
 
