@@ -21,8 +21,9 @@ dev NER F1 +0.3, +1.5, +0.1 and strict end-to-end RE F1 +0.1, +1.2, +0.6 at the 
 against the config without them (``benchmarks/recipes/span_screens_cpu.md``); none of the
 three alone had beaten it on seed 0. Each step also trains on adversarial word embeddings
 (``model.adversarial_epsilon=1.0``, the fast gradient method; a step costs about twice as
-much): over three seeds side by side on one H100, dev NER F1 at the kept epoch 67.9, 68.1,
-67.7 and strict end-to-end RE F1 46.7, 47.1, 46.8, against 66.4-66.7 and 45.1-45.8 without it;
+much): over three seeds side by side on one H100 (7 epochs, corpus gold), dev NER F1 at the
+kept epoch 67.9, 68.1, 67.7 and strict end-to-end RE F1 46.7, 47.1, 46.8, against 66.4-66.7
+and 45.1-45.8 without it (three seeds on a 2-core CPU);
 epsilon 2.0 was a little lower on dev on every seed, and a moving average of the parameters
 (``optim.ema_decay=0.999``) gained nothing (``benchmarks/recipes/variants_reg_h100.md``).
 """

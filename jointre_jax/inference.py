@@ -85,8 +85,7 @@ def load_run(
     model = runtime.create_model(config, encoder.scheme, encoder.schema.num_relation_labels, bert)
     mesh = runtime.make_mesh(config)
     params = runtime.create_params(config, model, None, mesh)  # the checkpoint holds them all
-    field = "ema_params" if config.optim.ema_decay else "params"  # what the run evaluated
-    params, _ = restore_run_params(workdir, params, field)
+    params, _ = restore_run_params(workdir, params, runtime.eval_field(config))
     return config, Predictor(config, model, params), encoder
 
 

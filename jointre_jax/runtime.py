@@ -44,6 +44,7 @@ from jointre_jax.model.joint import JointModel
 from jointre_jax.model.losses import LossOptions, loss_terms, total_loss
 from jointre_jax.model.pretrained import load_weights, merge_pretrained, resolve_encoder
 
+TrainState = train_state.TrainState
 log = logging.getLogger(__name__)
 ENCODERS = ("encoder", "re_encoder")  # top-level parameter groups holding pre-trained BERTs
 # Below an encoder: the word-embedding table that adversarial training perturbs.
@@ -53,7 +54,9 @@ WORD_EMBEDDINGS = ("embeddings", "word_embeddings", "embedding")
 EMA_WARMUP = 10.0
 
 
-TrainState = train_state.TrainState
+def path_keys(path) -> tuple[str, ...]:
+    """The keys of a parameter's tree path (``tree_map_with_path``), e.g. ("encoder", ...)."""
+    return tuple(getattr(k, "key", str(k)) for k in path)
 
 
 class EmaTrainState(train_state.TrainState):
@@ -78,13 +81,19 @@ def eval_params(state: TrainState):
     return state.ema_params if isinstance(state, EmaTrainState) else state.params
 
 
+def eval_field(config) -> str:
+    """The field of a run's saved state that :func:`eval_params` reads (what inference
+    restores): "ema_params" with ``optim.ema_decay`` > 0, else "params"."""
+    return "ema_params" if config.optim.get("ema_decay", 0.0) else "params"
+
+
 def perturb_word_embeddings(params, grads, epsilon: float):
     """``params`` with each encoder's word-embedding table E moved by ``epsilon * g / ||g||``
     (g: its gradient, ||g|| its Frobenius norm): the fast gradient method's adversarial
     direction (Miyato et al. 2017), the rest unchanged."""
 
     def move(path, p, g):
-        keys = tuple(getattr(k, "key", str(k)) for k in path)
+        keys = path_keys(path)
         if keys[0] in ENCODERS and keys[1:] == WORD_EMBEDDINGS:
             norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
             return p + (epsilon / jnp.maximum(norm, 1e-12)) * g
@@ -307,7 +316,7 @@ def create_optimizer(config, total_steps: int, num_layers: int = 0) -> optax.Gra
         return optax.chain(optax.clip_by_global_norm(config.optim.grad_clip_norm), adamw(peak))
 
     def label(path, _):
-        keys = tuple(getattr(k, "key", str(k)) for k in path)
+        keys = path_keys(path)
         if keys[0] not in ENCODERS:
             return "head"
         if decay == 1.0:

@@ -78,7 +78,7 @@ def test_perturbation_moves_each_word_embedding_table_by_epsilon(tmp_path):
     moved = runtime.perturb_word_embeddings(state.params, grads, 0.25)
     tables = 0
     for path, before in jax.tree_util.tree_leaves_with_path(state.params):
-        keys = tuple(k.key for k in path)
+        keys = runtime.path_keys(path)
         after = moved
         for k in keys:
             after = after[k]

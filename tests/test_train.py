@@ -316,7 +316,7 @@ def test_each_parameter_takes_its_learning_rate(head_rate, decay):
     _, state = tx.update(ones, state, params)
     updates, _ = tx.update(ones, state, params)
     moved = {
-        "/".join(getattr(k, "key", str(k)) for k in path): -float(np.asarray(u)[0])
+        "/".join(runtime.path_keys(path)): -float(np.asarray(u)[0])
         for path, u in jax.tree_util.tree_leaves_with_path(updates)
     }
     expected_head = head_rate or 1.0
