@@ -51,6 +51,9 @@ VARIANTS = {
     "ema": {"optim.ema_decay": 0.999},
     "fgm": {"model.adversarial_epsilon": 1.0},
     "fgm2": {"model.adversarial_epsilon": 2.0},
+    "fgm05": {"model.adversarial_epsilon": 0.5},
+    "fgm_kl1": {"model.adversarial_epsilon": 1.0, "model.adversarial_consistency": 1.0},
+    "fgm_kl3": {"model.adversarial_epsilon": 1.0, "model.adversarial_consistency": 3.0},
 }
 
 

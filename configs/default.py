@@ -238,6 +238,10 @@ def get_config() -> ml_collections.ConfigDict:
     # takes the gradient of the loss with every encoder's word-embedding table moved by this
     # norm along its gradient (a second forward and backward pass: about twice the step's cost).
     config.model.adversarial_epsilon = 0.0
+    # > 0 (with adversarial_epsilon): the adversarial pass's loss also holds this weight times
+    # the mean KL divergence of its NER distributions from the clean pass's (held fixed):
+    # virtual adversarial training's smoothness term, at no extra pass.
+    config.model.adversarial_consistency = 0.0
 
     # ---------------------------------------------------------- optimiser
     config.optim = ml_collections.ConfigDict()

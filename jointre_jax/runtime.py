@@ -41,7 +41,7 @@ from jointre_jax.data.batching import Batcher, entity_slots
 from jointre_jax.labels import EntityScheme, decide
 from jointre_jax.model.bert import BertConfig
 from jointre_jax.model.joint import JointModel
-from jointre_jax.model.losses import LossOptions, loss_terms, total_loss
+from jointre_jax.model.losses import LossOptions, loss_terms, ner_consistency, total_loss
 from jointre_jax.model.pretrained import load_weights, merge_pretrained, resolve_encoder
 
 TrainState = train_state.TrainState
@@ -113,14 +113,16 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, options: LossO
         ``adversarial_epsilon`` > 0 the gradient is that of the loss plus that of the loss
         at the word embeddings moved in the adversarial direction
         (:func:`perturb_word_embeddings`; a second forward and backward pass, with another
-        dropout key); the metrics are those of the first.
+        dropout key); with ``adversarial_consistency`` w > 0 too, that second loss adds
+        w * :func:`~jointre_jax.model.losses.ner_consistency` of its NER logits against the
+        first pass's. The metrics are those of the first.
     Returns:
       (new state, metrics: dict of scalar sums ``ner_loss_sum``, ``ner_count``,
       ``re_loss_sum``, ``re_pairs`` and the scalar ``loss``).
     """
     dropout_rng = jax.random.fold_in(rng, state.step)
 
-    def loss_fn(params, key):
+    def loss_fn(params, key, reference=None):
         outputs = state.apply_fn(
             {"params": params},
             batch,
@@ -130,13 +132,18 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, options: LossO
             rngs={"dropout": key},
         )
         terms = loss_terms(outputs, batch, options)
-        return total_loss(terms, options.ner_weight, options.re_weight), terms
+        loss = total_loss(terms, options.ner_weight, options.re_weight)
+        if reference is not None:
+            consistency = ner_consistency(outputs["ner_logits"], reference, batch, options)
+            loss = loss + options.adversarial_consistency * consistency
+        return loss, (terms, outputs.get("ner_logits"))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, terms), grads = grad_fn(state.params, dropout_rng)
+    (loss, (terms, ner_logits)), grads = grad_fn(state.params, dropout_rng)
     if options.adversarial_epsilon:
         moved = perturb_word_embeddings(state.params, grads, options.adversarial_epsilon)
-        _, adversarial = grad_fn(moved, jax.random.fold_in(dropout_rng, 1))
+        reference = ner_logits if options.adversarial_consistency else None
+        _, adversarial = grad_fn(moved, jax.random.fold_in(dropout_rng, 1), reference)
         grads = jax.tree.map(jnp.add, grads, adversarial)
     return state.apply_gradients(grads=grads), {**terms, "loss": loss}
 
@@ -263,6 +270,8 @@ def create_model(
 
 def loss_options(config, scheme: EntityScheme) -> LossOptions:
     """The static loss options of ``config``."""
+    if config.model.get("adversarial_consistency", 0.0) and config.model.method == "re":
+        raise ValueError("model.adversarial_consistency compares NER distributions: not for re")
     return LossOptions(
         scheme=scheme,
         negative_sampling=str(config.model.negative_sampling),
@@ -271,6 +280,7 @@ def loss_options(config, scheme: EntityScheme) -> LossOptions:
         re_weight=float(config.model.re_loss_weight),
         boundary_smoothing=float(config.model.get("boundary_smoothing", 0.0)),
         adversarial_epsilon=float(config.model.get("adversarial_epsilon", 0.0)),
+        adversarial_consistency=float(config.model.get("adversarial_consistency", 0.0)),
     )
 
 

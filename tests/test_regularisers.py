@@ -1,6 +1,7 @@
 """Training regularisers of ``runtime``: the moving average of the parameters
 (``optim.ema_decay``) and adversarial training on the word embeddings
-(``model.adversarial_epsilon``), each against its formula, and an EMA run's scores from
+(``model.adversarial_epsilon``, with ``model.adversarial_consistency``), each against its
+formula, and an EMA run's scores from
 ``evaluate`` equal to its training's."""
 
 import dataclasses
@@ -92,40 +93,63 @@ def test_perturbation_moves_each_word_embedding_table_by_epsilon(tmp_path):
     assert tables == 1
 
 
-@pytest.mark.parametrize("decoder", ["bio", "span"])
-def test_adversarial_step_adds_the_gradient_at_the_moved_embeddings(tmp_path, decoder):
+@pytest.mark.parametrize("decoder,consistency", [("bio", 0.0), ("span", 0.0), ("span", 3.0)])
+def test_adversarial_step_adds_the_gradient_at_the_moved_embeddings(tmp_path, decoder, consistency):
     config, model, state, options, batches, mesh = tiny_state(tmp_path, decoder=decoder)
     epsilon, batch, rng = 0.5, batches[0], jax.random.key(3)
     key = jax.random.fold_in(rng, state.step)
 
-    def loss(params, dropout_key):  # the joint loss, from the model and the loss module
+    def loss(params, dropout_key, reference=None):  # from the model and the loss module
         outputs = model.apply(
             {"params": params}, batch, deterministic=False, label_source="gold",
             tables=(options.re_table,), rngs={"dropout": dropout_key},
         )  # fmt: skip
-        return total_loss(loss_terms(outputs, batch, options), options.ner_weight,
-                          options.re_weight)  # fmt: skip
+        value = total_loss(loss_terms(outputs, batch, options), options.ner_weight,
+                           options.re_weight)  # fmt: skip
+        logits = outputs["ner_logits"]
+        if reference is not None:  # KL(p_clean || p_adversarial), written out
+            p = jax.nn.softmax(reference)
+            kl = jnp.sum(p * (jnp.log(p) - jax.nn.log_softmax(logits)), axis=-1)
+            if decoder == "span":
+                mask = options.scheme.span_mask(batch["word_mask"], batch.get("word_segment"))
+            value += consistency * jnp.sum(kl * mask) / jnp.sum(mask)
+        return value, logits
 
-    clean = jax.grad(loss)(state.params, key)
+    clean, logits = jax.grad(loss, has_aux=True)(state.params, key)
     table = clean["encoder"]["embeddings"]["word_embeddings"]["embedding"]
     moved = jax.tree.map(lambda x: x, state.params)
     words = moved["encoder"]["embeddings"]["word_embeddings"]
     words["embedding"] = words["embedding"] + epsilon * table / jnp.linalg.norm(table)
-    adversarial = jax.grad(loss)(moved, jax.random.fold_in(key, 1))
+    reference = logits if consistency else None
+    adversarial, _ = jax.grad(loss, has_aux=True)(moved, jax.random.fold_in(key, 1), reference)
     expected = state.apply_gradients(grads=jax.tree.map(jnp.add, clean, adversarial))
     plain = state.apply_gradients(grads=clean)
     step = jax.jit(runtime.train_step, static_argnames="options")
-    adv_options = dataclasses.replace(options, adversarial_epsilon=epsilon)
+    adv_options = dataclasses.replace(
+        options, adversarial_epsilon=epsilon, adversarial_consistency=consistency
+    )
     new, metrics = step(state, batch, rng, options=adv_options)
-    assert float(metrics["loss"]) == pytest.approx(float(loss(state.params, key)), rel=1e-5)
+    assert float(metrics["loss"]) == pytest.approx(float(loss(state.params, key)[0]), rel=1e-5)
     gap = 0.0
     leaves = lambda s: jax.tree.leaves((s.params, s.opt_state))  # noqa: E731 - moments hold g
     for a, b, c in zip(*(leaves(x) for x in (new, expected, plain)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
         gap = max(gap, float(np.abs(np.asarray(b) - np.asarray(c)).max()))
     assert gap > 1e-6  # the adversarial gradient changed the step
+    if consistency:  # and the consistency term changed it again
+        fgm_only = dataclasses.replace(adv_options, adversarial_consistency=0.0)
+        without = step(state, batch, rng, options=fgm_only)[0]
+        assert (
+            max(
+                float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                for a, b in zip(leaves(new), leaves(without), strict=True)
+            )
+            > 1e-6
+        )
     with pytest.raises(ValueError, match="adversarial_epsilon"):
         LossOptions(adversarial_epsilon=-1.0)
+    with pytest.raises(ValueError, match="adversarial_consistency"):
+        LossOptions(adversarial_consistency=1.0)  # needs the adversarial pass
 
 
 def test_an_ema_run_is_scored_and_restored_with_its_average(tmp_path):

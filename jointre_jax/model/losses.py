@@ -51,6 +51,9 @@ class LossOptions:
     # > 0: adversarial training on the word embeddings (runtime.train_step), this the norm of
     # each encoder's perturbation.
     adversarial_epsilon: float = 0.0
+    # > 0 (with adversarial_epsilon): the adversarial pass's loss also holds this weight times
+    # :func:`ner_consistency` (its NER distributions against the clean pass's).
+    adversarial_consistency: float = 0.0
 
     def __post_init__(self):
         if self.negative_sampling not in NEGATIVE_SAMPLING:
@@ -65,6 +68,14 @@ class LossOptions:
             )
         if self.adversarial_epsilon < 0:
             raise ValueError(f"adversarial_epsilon {self.adversarial_epsilon} is negative")
+        if self.adversarial_consistency < 0 or (
+            self.adversarial_consistency and not self.adversarial_epsilon
+        ):
+            raise ValueError(
+                f"adversarial_consistency {self.adversarial_consistency} must be >= 0, and > 0 "
+                "only with adversarial_epsilon > 0 (it compares the adversarial pass with the "
+                "clean one)"
+            )
         if self.boundary_smoothing and not isinstance(self.scheme, SpanScheme):
             raise ValueError("boundary_smoothing needs the span decoder (model.ner_decoder)")
 
@@ -192,6 +203,19 @@ def loss_terms(outputs, batch, options: LossOptions):
             outputs[f"re_logits_{name}"], targets, mask
         )
     return terms
+
+
+def ner_consistency(logits, reference, batch, options: LossOptions):
+    """Mean KL(softmax(reference) || softmax(logits)) over the NER loss's positions (a scalar,
+    float32): how far one pass's NER distributions ``logits`` lie from another's
+    ``reference`` (same shape, held fixed: no gradient flows into it). The adversarial pass
+    against the clean one is virtual adversarial training's smoothness term (Miyato et al.
+    2017) and, with the two dropout masks, R-Drop's (Liang et al. 2021)."""
+    _, mask = ner_targets(options.scheme, batch)
+    reference = jax.nn.softmax(jax.lax.stop_gradient(reference).astype(jnp.float32))
+    divergence = optax.kl_divergence(jax.nn.log_softmax(logits.astype(jnp.float32)), reference)
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(divergence * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def total_loss(terms, ner_weight: float = 1.0, re_weight: float = 1.0):
