@@ -33,6 +33,17 @@ def tiny_state(tmp_path, decoder="span", **optim):
     return config, model, state, options, batches, mesh
 
 
+def state_leaves(state):
+    """The parameters and optimiser moments of ``state`` (the moments hold the gradients)."""
+    return jax.tree.leaves((state.params, state.opt_state))
+
+
+def largest_difference(leaves, other) -> float:
+    """The largest absolute difference between two equal-shaped lists of arrays."""
+    pairs = zip(leaves, other, strict=True)
+    return max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in pairs)
+
+
 def numpy_tree(tree):
     return jax.tree.map(lambda x: np.array(x, np.float64), tree)
 
@@ -49,12 +60,10 @@ def test_ema_params_follow_their_formula(tmp_path):
         d = min(decay, (1 + t) / (runtime.EMA_WARMUP + t))
         params = numpy_tree(state.params)
         expected = jax.tree.map(lambda e, p: d * e + (1 - d) * p, expected, params)  # noqa: B023
-    moved = 0.0
-    for e, a, p in zip(*(jax.tree.leaves(x) for x in (expected, state.ema_params, state.params)),
-                       strict=True):  # fmt: skip
+    average = jax.tree.leaves(state.ema_params)
+    for e, a in zip(jax.tree.leaves(expected), average, strict=True):
         np.testing.assert_allclose(np.asarray(a), e, rtol=1e-5, atol=1e-6)
-        moved = max(moved, float(np.abs(np.asarray(a) - np.asarray(p)).max()))
-    assert moved > 1e-4  # the average lags the parameters
+    assert largest_difference(average, jax.tree.leaves(state.params)) > 1e-4  # it lags them
 
 
 def test_without_ema_checkpoints_keep_their_layout(tmp_path):
@@ -130,26 +139,21 @@ def test_adversarial_step_adds_the_gradient_at_the_moved_embeddings(tmp_path, de
     )
     new, metrics = step(state, batch, rng, options=adv_options)
     assert float(metrics["loss"]) == pytest.approx(float(loss(state.params, key)[0]), rel=1e-5)
-    gap = 0.0
-    leaves = lambda s: jax.tree.leaves((s.params, s.opt_state))  # noqa: E731 - moments hold g
-    for a, b, c in zip(*(leaves(x) for x in (new, expected, plain)), strict=True):
+    for a, b in zip(state_leaves(new), state_leaves(expected), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
-        gap = max(gap, float(np.abs(np.asarray(b) - np.asarray(c)).max()))
-    assert gap > 1e-6  # the adversarial gradient changed the step
+    # the adversarial gradient changed the step
+    assert largest_difference(state_leaves(expected), state_leaves(plain)) > 1e-6
     if consistency:  # and the consistency term changed it again
         fgm_only = dataclasses.replace(adv_options, adversarial_consistency=0.0)
         without = step(state, batch, rng, options=fgm_only)[0]
-        assert (
-            max(
-                float(np.abs(np.asarray(a) - np.asarray(b)).max())
-                for a, b in zip(leaves(new), leaves(without), strict=True)
-            )
-            > 1e-6
-        )
+        assert largest_difference(state_leaves(new), state_leaves(without)) > 1e-6
     with pytest.raises(ValueError, match="adversarial_epsilon"):
         LossOptions(adversarial_epsilon=-1.0)
     with pytest.raises(ValueError, match="adversarial_consistency"):
         LossOptions(adversarial_consistency=1.0)  # needs the adversarial pass
+    config.model.method, config.model.adversarial_consistency = "re", 1.0
+    with pytest.raises(ValueError, match="not for re"):  # a model without NER distributions
+        runtime.loss_options(config, options.scheme)
 
 
 def test_an_ema_run_is_scored_and_restored_with_its_average(tmp_path):
