@@ -226,11 +226,6 @@ def create_model(
     training with ``model.word_masking`` needs (prediction never masks)."""
     if config.model.negative_sampling == "incremental" and config.model.method != "joint":
         raise ValueError("negative_sampling='incremental' needs method='joint'")
-    if config.data.get("packing", False) and config.model.word_lstm_dim:
-        raise ValueError(
-            "model.word_lstm_dim reads the words of a row in one pass, across the segments of "
-            "a packed row: set --config.data.packing=False to use it"
-        )
     if config.model.get("span_context", False) and not (
         config.model.ner_decoder == "span" and config.model.span_pooling_dim
     ):

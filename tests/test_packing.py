@@ -109,6 +109,9 @@ def _rows_of_both(config, encoder, data, length=64):
         ("span", {"casing_embedding_dim": 4}),
         ("span", {"word_features": "first_last", "layer_mix": True}),
         ("span", {"boundary_smoothing": 0.2}),
+        # The word LSTM restarts at each criterion of the row, in both directions.
+        ("bio", {"word_lstm_dim": 8}),
+        ("span", {"word_lstm_dim": 8, "span_pooling_dim": 8}),
         # Neighbouring criteria as context: longer segments, words that do not start at 1.
         ("bio", {"context_length": 8}),
         ("span", {"span_pooling_dim": 8, "span_context": True, "context_length": 8}),
@@ -158,6 +161,29 @@ def test_a_packed_example_gets_its_logits_and_losses_alone(tmp_path, decoder, op
             np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
     for key, value in sums.items():  # sums and denominators: the row's are the examples'
         assert float(packed_terms[key]) == pytest.approx(value, rel=1e-5, abs=1e-5), key
+
+
+def test_the_word_lstm_is_flax_bidirectional_rnn_restarted_at_each_segment():
+    from flax import linen as nn
+
+    from jointre_jax.model.joint import WordLSTM
+
+    words = jax.random.normal(jax.random.key(1), (2, 9, 5))
+    segment = jnp.array([[1, 1, 1, 2, 2, 3, 3, 3, 0], [1, 1, 1, 1, 1, 1, 0, 0, 0]])
+    lstm = WordLSTM(4)
+    params = lstm.init(jax.random.key(0), words, segment)
+    got = lstm.apply(params, words, segment)
+    cell = lambda: nn.RNN(nn.OptimizedLSTMCell(4))  # noqa: E731
+    flax_lstm = nn.Bidirectional(cell(), cell())  # the same parameter tree
+    for row, bounds in enumerate([[(0, 3), (3, 5), (5, 8)], [(0, 6)]]):
+        for start, end in bounds:  # each segment alone, as flax reads a row of its length
+            want = flax_lstm.apply(params, words[row : row + 1, start:end])
+            np.testing.assert_allclose(got[row, start:end], want[0], atol=1e-6)
+    # The row as one sequence, lengths as flax takes them, is what the old LSTM read.
+    lengths = jnp.array([8, 6])
+    whole = flax_lstm.apply(params, words, seq_lengths=lengths)
+    np.testing.assert_allclose(got[1, :6], whole[1, :6], atol=1e-6)
+    assert not np.allclose(got[0, :8], whole[0, :8], atol=1e-3)  # three criteria, not one
 
 
 def test_bio_tags_never_continue_into_the_next_segment():
@@ -213,11 +239,6 @@ def test_a_packed_epoch_compiles_one_training_and_one_prediction_shape(tmp_path)
         predict_fn(state.params, eval_batcher.build(planned))
     assert train_fn._cache_size() == 1
     assert predict_fn._cache_size() == 1
-
-
-def test_the_word_lstm_asks_for_unpacked_batches(tmp_path):
-    with pytest.raises(ValueError, match="data.packing=False"):
-        _tiny(tmp_path, word_lstm_dim=8)
 
 
 @needs_chia

@@ -180,6 +180,49 @@ class SpanScorer(nn.Module):
         return jnp.take_along_axis(by_width, index, axis=2)
 
 
+class RestartingLSTM(nn.Module):
+    """An LSTM over the words of a row, its state back at zero wherever ``restart`` is set.
+
+    ``inputs`` [B, L, D], ``restart`` bool [B, L] -> outputs [B, L, features]."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, inputs, restart):
+        cell = nn.OptimizedLSTMCell(self.features, name="cell")
+
+        def step(cell, carry, xs):
+            x, fresh = xs
+            carry = jax.tree.map(lambda c: jnp.where(fresh[:, None], 0.0, c), carry)
+            return cell(carry, x)
+
+        scan = nn.scan(
+            step, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1
+        )
+        carry = cell.initialize_carry(jax.random.key(0), inputs[:, 0].shape)
+        return scan(cell, carry, (inputs, restart))[1]
+
+
+class WordLSTM(nn.Module):
+    """A bidirectional LSTM over the words of each segment: [B, L, D] -> [B, L, 2 features].
+
+    ``segment`` int [B, L] (``batch["word_segment"]``: each word's criterion in its row, 0 for
+    no word): both directions restart where it changes, so a word of a packed row reads the
+    words of its own criterion only, and gets what it gets in a row of its own."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, words, segment):
+        edge = jnp.full_like(segment[:, :1], -1)
+        starts = segment != jnp.concatenate([edge, segment[:, :-1]], axis=1)
+        ends = segment != jnp.concatenate([segment[:, 1:], edge], axis=1)
+        forward = RestartingLSTM(self.features, name="forward_rnn")(words, starts)
+        backward = RestartingLSTM(self.features, name="backward_rnn")
+        backward = backward(words[:, ::-1], ends[:, ::-1])[:, ::-1]
+        return jnp.concatenate([forward, backward], axis=-1)
+
+
 def gather(values, index):
     """values [B, L, ...] at index int [B, N] -> [B, N, ...]."""
     index = jnp.clip(index, 0, values.shape[1] - 1)
@@ -245,8 +288,8 @@ class JointModel(nn.Module):
     (not for ``ner``).
 
     Packed rows (:mod:`jointre_jax.data.packing`): the encoder keeps to each segment
-    (``segment_ids``, ``position_ids``) and decoding to each word segment (``word_segment``);
-    the word LSTM would read across segments and is for unpacked batches only.
+    (``segment_ids``, ``position_ids``), and decoding and the word LSTM to each word segment
+    (``word_segment``).
 
     Word features (every head reads them): the encoder output (with ``layer_mix``, a learned
     softmax mixture of the embeddings and all layers, times a learned scale) at each word's
@@ -300,8 +343,7 @@ class JointModel(nn.Module):
         if self.casing_embedding_dim:
             self.casing_embedding = nn.Embed(len(CASINGS), self.casing_embedding_dim)
         if self.word_lstm_dim:
-            cell = lambda: nn.RNN(nn.OptimizedLSTMCell(self.word_lstm_dim))  # noqa: E731
-            self.word_lstm = nn.Bidirectional(cell(), cell())
+            self.word_lstm = WordLSTM(self.word_lstm_dim)
         classes = self.scheme.num_classes
         if self.method in ("joint", "ner", "pipeline"):
             if isinstance(self.scheme, SpanScheme):
@@ -354,8 +396,8 @@ class JointModel(nn.Module):
             casing = self.casing_embedding(batch["word_casing"]).astype(words.dtype)
             words = jnp.concatenate([words, casing], axis=-1)
         if self.word_lstm_dim:
-            lengths = batch["word_mask"].sum(axis=1).astype(jnp.int32)
-            words = self.word_lstm(words.astype(jnp.float32), seq_lengths=lengths)
+            segment = batch.get("word_segment", batch["word_mask"].astype(jnp.int32))
+            words = self.word_lstm(words.astype(jnp.float32), segment)
             words = self.dropout(words.astype(self.dtype), deterministic=deterministic)
         return words, context
 
