@@ -163,7 +163,24 @@ def test_a_packed_example_gets_its_logits_and_losses_alone(tmp_path, decoder, op
         assert float(packed_terms[key]) == pytest.approx(value, rel=1e-5, abs=1e-5), key
 
 
-def test_the_word_lstm_is_flax_bidirectional_rnn_restarted_at_each_segment():
+def flax_lstm_params(params: dict, size: int) -> dict:
+    """WordLSTM's fused gates as the parameters of flax's nn.Bidirectional of two
+    nn.RNN(nn.OptimizedLSTMCell) (gates i, f, g, o)."""
+    tree = {}
+    for direction in ("forward", "backward"):
+        cell = {}
+        for n, gate in enumerate("ifgo"):
+            block = slice(n * size, (n + 1) * size)
+            cell["i" + gate] = {"kernel": params[f"{direction}_input"][:, block]}
+            cell["h" + gate] = {
+                "kernel": params[f"{direction}_hidden"][:, block],
+                "bias": params[f"{direction}_bias"][block],
+            }
+        tree[f"{direction}_rnn"] = {"cell": cell}
+    return {"params": tree}
+
+
+def test_the_word_lstm_is_flax_bidirectional_lstm_restarted_at_each_segment():
     from flax import linen as nn
 
     from jointre_jax.model.joint import WordLSTM
@@ -171,19 +188,25 @@ def test_the_word_lstm_is_flax_bidirectional_rnn_restarted_at_each_segment():
     words = jax.random.normal(jax.random.key(1), (2, 9, 5))
     segment = jnp.array([[1, 1, 1, 2, 2, 3, 3, 3, 0], [1, 1, 1, 1, 1, 1, 0, 0, 0]])
     lstm = WordLSTM(4)
-    params = lstm.init(jax.random.key(0), words, segment)
-    got = lstm.apply(params, words, segment)
+    params = lstm.init(jax.random.key(0), words, segment)["params"]
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params)
+    got = lstm.apply({"params": params}, words, segment)
+    assert got.shape == (2, 9, 8)
     cell = lambda: nn.RNN(nn.OptimizedLSTMCell(4))  # noqa: E731
-    flax_lstm = nn.Bidirectional(cell(), cell())  # the same parameter tree
+    flax_lstm, reference = nn.Bidirectional(cell(), cell()), flax_lstm_params(params, 4)
     for row, bounds in enumerate([[(0, 3), (3, 5), (5, 8)], [(0, 6)]]):
         for start, end in bounds:  # each segment alone, as flax reads a row of its length
-            want = flax_lstm.apply(params, words[row : row + 1, start:end])
-            np.testing.assert_allclose(got[row, start:end], want[0], atol=1e-6)
-    # The row as one sequence, lengths as flax takes them, is what the old LSTM read.
-    lengths = jnp.array([8, 6])
-    whole = flax_lstm.apply(params, words, seq_lengths=lengths)
-    np.testing.assert_allclose(got[1, :6], whole[1, :6], atol=1e-6)
+            want = flax_lstm.apply(reference, words[row : row + 1, start:end])
+            np.testing.assert_allclose(got[row, start:end], want[0], atol=1e-5)
+    # One row, one sequence of its length: what flax reads with seq_lengths.
+    whole = flax_lstm.apply(reference, words, seq_lengths=jnp.array([8, 6]))
+    np.testing.assert_allclose(got[1, :6], whole[1, :6], atol=1e-5)
     assert not np.allclose(got[0, :8], whole[0, :8], atol=1e-3)  # three criteria, not one
+    # Each recurrent gate kernel starts orthogonal, as flax's cell initialises it.
+    kernel = lstm.init(jax.random.key(0), words, segment)["params"]["forward_hidden"]
+    for n in range(4):
+        block = kernel[:, n * 4 : (n + 1) * 4]
+        np.testing.assert_allclose(block.T @ block, np.eye(4), atol=1e-5)
 
 
 def test_bio_tags_never_continue_into_the_next_segment():

@@ -180,27 +180,16 @@ class SpanScorer(nn.Module):
         return jnp.take_along_axis(by_width, index, axis=2)
 
 
-class RestartingLSTM(nn.Module):
-    """An LSTM over the words of a row, its state back at zero wherever ``restart`` is set.
+def gate_blocks(init, gates: int = 4):
+    """An initializer of a [H, gates * H] kernel: ``init`` on each [H, H] block (flax's LSTM
+    cells initialise each gate's recurrent kernel orthogonally on its own)."""
 
-    ``inputs`` [B, L, D], ``restart`` bool [B, L] -> outputs [B, L, features]."""
+    def blocks(key, shape, dtype=jnp.float32):
+        keys = jax.random.split(key, gates)
+        width = shape[1] // gates
+        return jnp.concatenate([init(k, (shape[0], width), dtype) for k in keys], axis=1)
 
-    features: int
-
-    @nn.compact
-    def __call__(self, inputs, restart):
-        cell = nn.OptimizedLSTMCell(self.features, name="cell")
-
-        def step(cell, carry, xs):
-            x, fresh = xs
-            carry = jax.tree.map(lambda c: jnp.where(fresh[:, None], 0.0, c), carry)
-            return cell(carry, x)
-
-        scan = nn.scan(
-            step, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1
-        )
-        carry = cell.initialize_carry(jax.random.key(0), inputs[:, 0].shape)
-        return scan(cell, carry, (inputs, restart))[1]
+    return blocks
 
 
 class WordLSTM(nn.Module):
@@ -208,18 +197,51 @@ class WordLSTM(nn.Module):
 
     ``segment`` int [B, L] (``batch["word_segment"]``: each word's criterion in its row, 0 for
     no word): both directions restart where it changes, so a word of a packed row reads the
-    words of its own criterion only, and gets what it gets in a row of its own."""
+    words of its own criterion only, and gets what it gets in a row of its own.
+
+    The cell is flax's ``OptimizedLSTMCell`` (gates i, f, g, o; tested equal), its four gates
+    fused: per direction ``{direction}_input`` [D, 4H], ``{direction}_hidden`` [H, 4H] and
+    ``{direction}_bias`` [4H]. The input projections of every word are one matmul before the
+    recurrence, and one scan steps both directions at once (the row reversed for the second),
+    so the loop does one batched [2, B, H] x [2, H, 4H] product a word.
+    """
 
     features: int
 
     @nn.compact
     def __call__(self, words, segment):
+        size, width = self.features, words.shape[-1]
+        directions = ("forward", "backward")
+        w_in = jnp.stack([
+            self.param(f"{d}_input", nn.initializers.lecun_normal(), (width, 4 * size))
+            for d in directions
+        ])  # fmt: skip
+        w_hidden = jnp.stack([
+            self.param(f"{d}_hidden", gate_blocks(nn.initializers.orthogonal()), (size, 4 * size))
+            for d in directions
+        ])  # fmt: skip
+        bias = jnp.stack(
+            [self.param(f"{d}_bias", nn.initializers.zeros, (4 * size,)) for d in directions]
+        )
         edge = jnp.full_like(segment[:, :1], -1)
         starts = segment != jnp.concatenate([edge, segment[:, :-1]], axis=1)
         ends = segment != jnp.concatenate([segment[:, 1:], edge], axis=1)
-        forward = RestartingLSTM(self.features, name="forward_rnn")(words, starts)
-        backward = RestartingLSTM(self.features, name="backward_rnn")
-        backward = backward(words[:, ::-1], ends[:, ::-1])[:, ::-1]
+        # Time-major [L, 2, B, ...]: direction 1 reads the row from its end.
+        rows = jnp.stack([words, words[:, ::-1]])  # [2, B, L, D]
+        inputs = jnp.einsum("kbld,kdg->lkbg", rows, w_in) + bias[None, :, None, :]
+        restart = jnp.stack([starts, ends[:, ::-1]]).transpose(2, 0, 1)  # [L, 2, B]
+
+        def step(carry, xs):
+            x, fresh = xs
+            c, h = (jnp.where(fresh[..., None], 0.0, v) for v in carry)
+            i, f, g, o = jnp.split(x + jnp.einsum("kbh,khg->kbg", h, w_hidden), 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (c, h), h
+
+        zeros = jnp.zeros((2, words.shape[0], size), inputs.dtype)
+        _, out = jax.lax.scan(step, (zeros, zeros), (inputs, restart))  # [L, 2, B, H]
+        forward, backward = out[:, 0].transpose(1, 0, 2), out[::-1, 1].transpose(1, 0, 2)
         return jnp.concatenate([forward, backward], axis=-1)
 
 
