@@ -88,6 +88,14 @@ def crossing(start_a, end_a, start_b, end_b):
     )
 
 
+def segment_starts(word_segment):
+    """bool [B, L]: True where a word's segment (``word_segment`` int [B, L], 0 for no word)
+    is not that of the word before it, at the first word of a row included: where a packed
+    row's next criterion begins. Of the row reversed (``word_segment[:, ::-1]``): where each
+    criterion ends."""
+    return word_segment != jnp.pad(word_segment, ((0, 0), (1, 0)))[:, :-1]
+
+
 def decide(probs, threshold: float = 0.0):
     """(label, score) from class probabilities [..., C] whose class 0 is "none".
 
@@ -259,7 +267,7 @@ class BioScheme(EntityScheme):
         previous = jnp.pad(kind, ((0, 0), (1, 0)))[:, :-1]
         continues = is_inside & (previous == kind)
         if word_segment is not None:
-            continues &= word_segment == jnp.pad(word_segment, ((0, 0), (1, 0)))[:, :-1]
+            continues &= ~segment_starts(word_segment)
         starts = (tags > 0) & ~continues
         positions = jnp.arange(length)
         breaks = jnp.where(continues, length, positions)

@@ -188,8 +188,10 @@ def test_the_word_lstm_is_flax_bidirectional_lstm_restarted_at_each_segment():
     words = jax.random.normal(jax.random.key(1), (2, 9, 5))
     segment = jnp.array([[1, 1, 1, 2, 2, 3, 3, 3, 0], [1, 1, 1, 1, 1, 1, 0, 0, 0]])
     lstm = WordLSTM(4)
-    params = lstm.init(jax.random.key(0), words, segment)["params"]
-    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params)
+    initial = lstm.init(jax.random.key(0), words, segment)["params"]
+    params = jax.tree.map(
+        lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), initial
+    )
     got = lstm.apply({"params": params}, words, segment)
     assert got.shape == (2, 9, 8)
     cell = lambda: nn.RNN(nn.OptimizedLSTMCell(4))  # noqa: E731
@@ -203,9 +205,8 @@ def test_the_word_lstm_is_flax_bidirectional_lstm_restarted_at_each_segment():
     np.testing.assert_allclose(got[1, :6], whole[1, :6], atol=1e-5)
     assert not np.allclose(got[0, :8], whole[0, :8], atol=1e-3)  # three criteria, not one
     # Each recurrent gate kernel starts orthogonal, as flax's cell initialises it.
-    kernel = lstm.init(jax.random.key(0), words, segment)["params"]["forward_hidden"]
     for n in range(4):
-        block = kernel[:, n * 4 : (n + 1) * 4]
+        block = initial["forward_hidden"][:, n * 4 : (n + 1) * 4]
         np.testing.assert_allclose(block.T @ block, np.eye(4), atol=1e-5)
 
 

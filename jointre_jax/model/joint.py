@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from jointre_jax.data.tokenization import CASINGS
-from jointre_jax.labels import BioScheme, EntityScheme, SpanScheme, gold_table
+from jointre_jax.labels import BioScheme, EntityScheme, SpanScheme, gold_table, segment_starts
 from jointre_jax.model.bert import BertConfig, BertModel
 
 METHODS = ("joint", "ner", "re", "pipeline")
@@ -223,13 +223,11 @@ class WordLSTM(nn.Module):
         bias = jnp.stack(
             [self.param(f"{d}_bias", nn.initializers.zeros, (4 * size,)) for d in directions]
         )
-        edge = jnp.full_like(segment[:, :1], -1)
-        starts = segment != jnp.concatenate([edge, segment[:, :-1]], axis=1)
-        ends = segment != jnp.concatenate([segment[:, 1:], edge], axis=1)
         # Time-major [L, 2, B, ...]: direction 1 reads the row from its end.
         rows = jnp.stack([words, words[:, ::-1]])  # [2, B, L, D]
         inputs = jnp.einsum("kbld,kdg->lkbg", rows, w_in) + bias[None, :, None, :]
-        restart = jnp.stack([starts, ends[:, ::-1]]).transpose(2, 0, 1)  # [L, 2, B]
+        segments = jnp.stack([segment, segment[:, ::-1]])  # [2, B, L]
+        restart = jax.vmap(segment_starts)(segments).transpose(2, 0, 1)  # [L, 2, B]
 
         def step(carry, xs):
             x, fresh = xs
