@@ -12,6 +12,11 @@ variants. Each run is an ordinary ``jointre_jax.main`` process with
 its own workdir; ``--out/sweep.json`` is rewritten every ``--poll`` seconds with every run's
 metrics so far, so a sweep cut off at ``--deadline`` still leaves all it measured. Variants
 are chosen on dev only; the test scores are those each run writes to ``metrics.json``.
+
+``--ensemble_size=K`` then scores ensembles (``jointre_jax.evaluate --ensemble``, mean
+probabilities) of each variant's finished seeds, in disjoint groups of K in seed order (seeds
+0-8 and K=3: {0,1,2}, {3,4,5}, {6,7,8}, three independent ensembles), on dev and test; the
+runs must leave ``--ensemble_seconds`` of the deadline for it.
 """
 
 from __future__ import annotations
@@ -111,12 +116,14 @@ def dev_score(row: dict) -> float:
     return best
 
 
-def write(args, runs: list[dict], started: float) -> list[dict]:
+def write(args, runs: list[dict], started: float, ensembles=None) -> list[dict]:
     rows = collect(runs)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"command": "python -m benchmarks.variant_sweep " + " ".join(sys.argv[1:]),
                "elapsed": round(time.time() - started, 1), "runs": rows}  # fmt: skip
+    if ensembles is not None:
+        summary["ensembles"] = ensembles
     (out / "sweep.json").write_text(json.dumps(summary, indent=1))
     return rows
 
@@ -137,6 +144,105 @@ def wait(args, runs, started, until: float) -> list[dict]:
         if all(r["process"].poll() is not None for r in runs) or time.time() > until:
             return rows
         time.sleep(args.poll)
+
+
+def ensemble_groups(rows: list[dict], size: int) -> list[list[dict]]:
+    """Each variant's runs with a best checkpoint (at least one epoch done: a run the deadline
+    cut off joins with its best epoch so far) in seed order, in disjoint groups of ``size`` (a
+    short last group is left out)."""
+    groups = []
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        done = sorted(
+            (r for r in rows if r["variant"] == variant and r["epochs"]), key=lambda r: r["seed"]
+        )
+        groups += [done[i : i + size] for i in range(0, len(done) - size + 1, size)]
+    return groups
+
+
+def launch_ensembles(args, groups: list[list[dict]]) -> list[dict]:
+    """Starts ``jointre_jax.evaluate`` of every group on its runs' dev and test splits, all at
+    once; returns what :func:`ensemble_rows` reads."""
+    jobs = []
+    for group in groups:
+        first, rest = pathlib.Path(args.workdirs) / group[0]["run"], group[1:]
+        data = json.loads((first / "config.json").read_text())["data"]
+        name = "ens_" + "_".join(r["run"] for r in group)
+        for role, split in (("dev", data["eval_split"]), ("test", data["test_split"])):
+            out = pathlib.Path(args.workdirs) / f"{name}_{role}.json"
+            command = [
+                sys.executable, "-m", "jointre_jax.evaluate", f"--workdir={first}",
+                "--ensemble=" + ",".join(str(pathlib.Path(args.workdirs) / r["run"]) for r in rest),
+                f"--brat_dir={pathlib.Path(data['dir']) / 'brat'}",
+                f"--split_file={pathlib.Path(data['dir']) / 'splits' / f'{split}.txt'}",
+                f"--out={out}",
+            ]  # fmt: skip
+            log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 - the child keeps it
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            jobs.append({"group": group, "role": role, "out": out, "process": process})
+    print(f"started {len(jobs)} ensemble evaluations", flush=True)
+    return jobs
+
+
+def ensemble_rows(jobs: list[dict]) -> list[dict]:
+    """One row per group: its variant, seeds, and dev and test corpus scores (None where the
+    evaluation did not finish)."""
+    rows = {}
+    for job in jobs:
+        key = tuple(r["run"] for r in job["group"])
+        row = rows.setdefault(key, {
+            "variant": job["group"][0]["variant"], "runs": list(key),
+            "seeds": [r["seed"] for r in job["group"]], "dev": None, "test": None,
+            "members_epochs": [len(r["epochs"]) for r in job["group"]],
+            "members_test": [(r["final"] or {}).get("corpus") for r in job["group"]],
+        })  # fmt: skip
+        if job["process"].poll() == 0 and job["out"].exists():
+            corpus = json.loads(job["out"].read_text())["corpus"]
+            row[job["role"]] = {k: corpus[k] for k in ("ner", "re_e2e")}
+    return list(rows.values())
+
+
+def ensemble_markdown(rows: list[dict]) -> list[str]:
+    """The ensembles' table and, per variant, the mean and sample sd over its ensembles."""
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    prf = lambda c: " / ".join(pct(c[m]) for m in ("precision", "recall", "f1"))  # noqa: E731
+    lines = [
+        "",
+        "Ensembles (``jointre_jax.evaluate --ensemble``: the members' mean probabilities), each"
+        " of its own seeds, each run at its best dev epoch (of those done: a run the deadline cut"
+        " off joins too); F1 in percent against the corpus gold. Members' test: the mean of the"
+        " members' own test F1 (NER / RE).",
+        "",
+        "| variant | seeds | members' epochs done | dev NER F1 | dev RE e2e F1"
+        " | test NER P / R / F1 | test RE e2e P / R / F1 | members' test |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        dev = [pct(r["dev"][k]["f1"]) if r["dev"] else "" for k in ("ner", "re_e2e")]
+        test = [prf(r["test"][k]) if r["test"] else "" for k in ("ner", "re_e2e")]
+        scored = [m for m in r["members_test"] if m]
+        own = "(cut off)"
+        if len(scored) == len(r["members_test"]):
+            own = " / ".join(
+                pct(sum(m[k]["f1"] for m in scored) / len(scored)) for k in ("ner", "re_e2e")
+            )
+        seeds = ",".join(map(str, r["seeds"]))
+        epochs = ",".join(map(str, r["members_epochs"]))
+        lines.append(
+            f"| {r['variant']} | {seeds} | {epochs} | {dev[0]} | {dev[1]} | {test[0]} | {test[1]} "
+            f"| {own} |"
+        )
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        done = [r for r in rows if r["variant"] == variant and r["test"]]
+        if len(done) < 2:
+            continue
+        parts = []
+        for k, name in (("ner", "NER"), ("re_e2e", "RE e2e")):
+            values = [100 * r["test"][k]["f1"] for r in done]
+            mean = sum(values) / len(values)
+            sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+            parts.append(f"{name} {mean:.1f} ± {sd:.1f}")
+        lines.append(f"\n{variant}, {len(done)} ensembles, test F1: " + ", ".join(parts) + ".")
+    return lines
 
 
 def markdown(summary: dict, command: str, machine: str) -> str:
@@ -175,6 +281,8 @@ def markdown(summary: dict, command: str, machine: str) -> str:
             f"| {r['run']} | {overrides} | {len(r['epochs'])} | {best['epoch'] if best else ''} "
             f"| {dev[0]} | {dev[1]} | {test[0]} | {test[1]} | {wall} |"
         )
+    if summary.get("ensembles"):
+        lines += ensemble_markdown(summary["ensembles"])
     return "\n".join(lines) + "\n"
 
 
@@ -192,6 +300,10 @@ def main(argv=None) -> int:
     parser.add_argument("--poll", type=float, default=15.0)
     parser.add_argument("--report", help="only write the table of this sweep.json to --out")
     parser.add_argument("--machine", default="", help="the machine, for the table")
+    parser.add_argument("--ensemble_size", type=int, default=0, help="score ensembles of K seeds")
+    parser.add_argument(
+        "--ensemble_seconds", type=float, default=120.0, help="of the deadline, for the ensembles"
+    )
     args = parser.parse_args(argv)
     if args.report:
         summary = json.loads(pathlib.Path(args.report).read_text())
@@ -214,17 +326,31 @@ def main(argv=None) -> int:
     # A run of phase 2 is started only if one of phase 1 would have fitted in the time left.
     finished = [r["seconds"] for r in rows if r["returncode"] == 0]
     needed = min(finished) if finished else float("inf")
-    left = started + args.deadline - time.time()
+    deadline = args.deadline - (args.ensemble_seconds if args.ensemble_size else 0.0)
+    left = started + deadline - time.time()
     if best and more and needed < left:
         runs += [launch(args, n, s, VARIANTS[n]) for n in best for s in more]
     elif best and more:
         print(f"phase 2 skipped: a run took {needed:.0f} s, {left:.0f} s left", flush=True)
-    wait(args, runs, started, started + args.deadline)
+    wait(args, runs, started, started + deadline)
     for r in runs:
         if r["process"].poll() is None:
             r["process"].kill()
     rows = write(args, runs, started)
     progress(rows, started)
+    if args.ensemble_size:
+        jobs = launch_ensembles(args, ensemble_groups(rows, args.ensemble_size))
+        until = started + args.deadline
+        while any(j["process"].poll() is None for j in jobs) and time.time() < until:
+            time.sleep(min(args.poll, 5.0))
+        for job in jobs:
+            if job["process"].poll() is None:
+                job["process"].kill()
+        ensembles = ensemble_rows(jobs)
+        rows = write(args, runs, started, ensembles)
+        for e in ensembles:
+            test = {k: round(100 * v["f1"], 1) for k, v in (e["test"] or {}).items()}
+            print(f"ensemble {','.join(e['runs'])}: test corpus F1 {test}", flush=True)
     for r in rows:  # test scores of the best dev epoch, corpus gold (metrics.json)
         corpus = (r["final"] or {}).get("corpus", {})
         test = {k: round(100 * corpus[k]["f1"], 1) for k in ("ner", "re_e2e") if k in corpus}

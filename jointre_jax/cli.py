@@ -170,3 +170,12 @@ def prepare_output(path: str, flag: str, folder: bool = False) -> pathlib.Path |
             f"{where}: cannot write in {parent} ({reason}); choose a writable location"
         ) from None
     return target
+
+
+def define_ensemble_flag() -> None:
+    """``--ensemble``, the run folders that join ``--workdir``'s (evaluate, extract)."""
+    flags.DEFINE_list(
+        "ensemble", [],
+        "More runs of --workdir's config (other seeds), comma-separated: predict with the "
+        "ensemble of them all (mean probabilities); --workdir's config decides the rest.",
+    )  # fmt: skip

@@ -1,6 +1,7 @@
 """Scores a trained run on any BRAT folder, in the form of ``metrics.json``.
 
-    python -m jointre_jax.evaluate --workdir=DIR --brat_dir=D [--split_file=F] --out=FILE
+    python -m jointre_jax.evaluate --workdir=DIR --brat_dir=D [--split_file=F] --out=FILE \
+        [--ensemble=DIR2,DIR3]
 
 The run's own config (``DIR/config.json``) gives the schema, tokenizer and model; the best
 checkpoint (``DIR/best``, else the latest) gives the parameters. Scores count against the
@@ -28,6 +29,7 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
     """Command-line flags, defined only when run as a program (imports never clash)."""
     flags.DEFINE_string("workdir", None, "Run directory of a trained model.")
+    cli.define_ensemble_flag()
     flags.DEFINE_string("brat_dir", None, "Folder of NAME.txt + NAME.ann files.")
     flags.DEFINE_string("split_file", None, "Optional list of document ids.")
     flags.DEFINE_string("out", None, "Where to write the scores (JSON).")
@@ -53,7 +55,9 @@ def main(argv):
     if FLAGS.span_nesting is not None:
         overrides["model.span_nesting"] = FLAGS.span_nesting
     out = cli.prepare_output(FLAGS.out, "out")  # before the work, not after
-    results = evaluate_folder(FLAGS.workdir, FLAGS.brat_dir, FLAGS.split_file, None, overrides)
+    results = evaluate_folder(
+        FLAGS.workdir, FLAGS.brat_dir, FLAGS.split_file, None, overrides, FLAGS.ensemble
+    )
     out.write_text(json.dumps(results, indent=1))
     encoded = {k: round(results[k]["f1"], 4) for k in ("ner", "re_gs", "re_e2e")}
     corpus = {k: round(results["corpus"][k]["f1"], 4) for k in ("ner", "re_e2e")}

@@ -61,6 +61,7 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
     """Command-line flags, defined only when run as a program (imports never clash)."""
     flags.DEFINE_string("workdir", None, "Training run directory (best checkpoint).")
+    cli.define_ensemble_flag()
     flags.DEFINE_string("input", None, "Text file, folder of .txt files, or - (stdin).")
     flags.DEFINE_string("output", None, "Output file (jsonl, csv; - = stdout) or folder.")
     flags.DEFINE_enum("format", "jsonl", ["jsonl", "brat", "csv", "html"], "Output format.")
@@ -205,7 +206,7 @@ def main(argv):
             raise UserError(f"--input={FLAGS.input}: no usable records")
     else:
         doc_ids, texts = read_inputs(FLAGS.input)
-    extractor = Extractor.from_workdir(FLAGS.workdir, FLAGS.num_devices)
+    extractor = Extractor.from_workdir(FLAGS.workdir, FLAGS.num_devices, FLAGS.ensemble)
     started = time.perf_counter()
     if records is not None:
         extractions = extract_trials(extractor, records, progress=True)
@@ -216,7 +217,8 @@ def main(argv):
     if FLAGS.format == "brat":
         write_brat(extractions, pathlib.Path(FLAGS.output))
     elif FLAGS.format == "html":
-        page = review_page.render(extractions, review_page.run_info(extractor, FLAGS.workdir))
+        info = review_page.run_info(extractor, FLAGS.workdir, FLAGS.ensemble)
+        page = review_page.render(extractions, info)
         _write(FLAGS.output, lambda stream: stream.write(page))
     else:
         writer = write_jsonl if FLAGS.format == "jsonl" else write_csv

@@ -111,9 +111,10 @@ class Extractor:
         self.schema = encoder.schema
 
     @classmethod
-    def from_workdir(cls, workdir: str | pathlib.Path, num_devices: int | None = None):
-        """The best checkpoint of the training run in ``workdir``."""
-        return cls(*inference.load_run(workdir, num_devices))
+    def from_workdir(cls, workdir: str | pathlib.Path, num_devices: int | None = None, members=()):
+        """The best checkpoint of the training run in ``workdir`` (with ``members``, more
+        runs of its config: their ensemble, see :func:`jointre_jax.inference.load_run`)."""
+        return cls(*inference.load_run(workdir, num_devices, None, tuple(members)))
 
     def extract(
         self, texts: str | Sequence[str], doc_ids: Sequence[str] | None = None, progress=False

@@ -54,17 +54,24 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
             config[section][field] = value
 
 
-def load_run(
-    workdir: str | pathlib.Path, num_devices: int | None = None, overrides: dict | None = None
-):
-    """(config, predictor, encoder) of a trained run, its best parameters restored.
+# What gives two runs' parameters the same inputs, outputs and shapes: an ensemble's members
+# must agree on these. Training options (seed, losses, regularisers, schedule) may differ;
+# decoding options and the rest come from the first run.
+ENSEMBLE_FIELDS = {
+    "data": (
+        "entity_types", "relation_types", "group_relations", "group_expansion",
+        "entity_aliases", "relation_aliases", "overlap_policy", "anchor", "max_length",
+        "context_length",
+    ),
+    "model": (
+        "method", "ner_decoder", "max_span_width", "discontinuous", "re_option", "lowercase",
+        "ner_label_embedding_dim", "pair_hidden_dim", "span_hidden_dim", "span_pooling_dim",
+        "span_context", "word_features", "layer_mix", "word_lstm_dim", "casing_embedding_dim",
+    ),
+}  # fmt: skip
 
-    Only the parameters are restored (no optimiser state), onto a mesh of ``num_devices``
-    devices (None: as the run's config says; 0: all), whatever mesh the run was trained on.
-    FSDP is turned off here: inference keeps the parameters replicated. ``overrides``
-    ({"model.decision_threshold": 0.4}) change decoding options of the saved config.
-    """
-    workdir = pathlib.Path(workdir)
+
+def _run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
     config_path = workdir / "config.json"
     if not workdir.is_dir():
         raise UserError(f"run folder {workdir} not found: give --workdir of a trained run")
@@ -73,7 +80,41 @@ def load_run(
             f"{workdir} is not a run: it has no config.json (the --workdir of "
             "python -m jointre_jax.main holds one)"
         )
-    config = saved_config(config_path)
+    return saved_config(config_path)
+
+
+def check_member(config, member, workdir, member_dir) -> None:
+    """Raises UserError naming the first field on which run ``member_dir`` cannot join an
+    ensemble led by ``workdir`` (another schema, label scheme or architecture)."""
+    for section, keys in ENSEMBLE_FIELDS.items():
+        for key in keys:
+            ours, theirs = config[section].get(key), member[section].get(key)
+            if ours != theirs:
+                raise UserError(
+                    f"run {member_dir} cannot join an ensemble with {workdir}: "
+                    f"{section}.{key} is {theirs!r} there and {ours!r} here"
+                )
+
+
+def load_run(
+    workdir: str | pathlib.Path,
+    num_devices: int | None = None,
+    overrides: dict | None = None,
+    members: tuple = (),
+):
+    """(config, predictor, encoder) of a trained run, its best parameters restored.
+
+    Only the parameters are restored (no optimiser state), onto a mesh of ``num_devices``
+    devices (None: as the run's config says; 0: all), whatever mesh the run was trained on.
+    FSDP is turned off here: inference keeps the parameters replicated. ``overrides``
+    ({"model.decision_threshold": 0.4}) change decoding options of the saved config.
+
+    ``members``: more run folders of the same config (other seeds, :func:`check_member`);
+    the predictor is then the ensemble of all of them (mean probabilities,
+    :func:`jointre_jax.runtime.predict_step`); ``workdir``'s config decides everything else.
+    """
+    workdir = pathlib.Path(workdir)
+    config = _run_config(workdir)
     apply_overrides(config, overrides or {})
     # This user's cache (configs/default.py), not the folder of the machine that trained.
     runtime.use_compilation_cache(default.default_compilation_cache())
@@ -84,18 +125,29 @@ def load_run(
     bert, _ = runtime.encoder_config(config)
     model = runtime.create_model(config, encoder.scheme, encoder.schema.num_relation_labels, bert)
     mesh = runtime.make_mesh(config)
-    params = runtime.create_params(config, model, None, mesh)  # the checkpoint holds them all
-    params, _ = restore_run_params(workdir, params, runtime.eval_field(config))
+    template = runtime.create_params(config, model, None, mesh)  # the checkpoint holds them all
+    params, _ = restore_run_params(workdir, template, runtime.eval_field(config))
+    restored = [params]
+    for member_dir in map(pathlib.Path, members):
+        member = _run_config(member_dir)
+        check_member(config, member, workdir, member_dir)
+        restored.append(restore_run_params(member_dir, template, runtime.eval_field(member))[0])
+    params = tuple(restored) if members else params
     return config, Predictor(config, model, params), encoder
 
 
 def evaluate_folder(
-    workdir, brat_dir, split_file=None, num_devices: int | None = None, overrides=None
+    workdir,
+    brat_dir,
+    split_file=None,
+    num_devices: int | None = None,
+    overrides=None,
+    members=(),
 ) -> dict:
     """Scores of the run in ``workdir`` on ``brat_dir``: NER, RE among gold entities and RE
     end-to-end against the encoded gold, and NER and RE end-to-end against the corpus gold
-    (``corpus``). ``overrides``: see :func:`load_run`."""
-    config, predictor, encoder = load_run(workdir, num_devices, overrides)
+    (``corpus``). ``overrides``, ``members`` (an ensemble): see :func:`load_run`."""
+    config, predictor, encoder = load_run(workdir, num_devices, overrides, tuple(members))
     ids = read_split_ids(split_file) if split_file else None
     paths = find_documents(brat_dir, ids, split_file)
     gold = CorpusGold(encoder.schema)

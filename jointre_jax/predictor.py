@@ -154,7 +154,8 @@ class Predictor:
     Args:
       config: the run's config (packed rows or length buckets, prediction batch size).
       model: the JointModel (its ``max_entities`` is the table size).
-      params: its parameters, on their shardings.
+      params: its parameters, on their shardings; or a tuple of several runs' (an ensemble,
+        :func:`jointre_jax.runtime.predict_step`).
     """
 
     def __init__(self, config, model, params):

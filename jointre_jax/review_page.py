@@ -90,17 +90,18 @@ document.querySelectorAll('.relations li').forEach(function (item) {
 """
 
 
-def run_info(extractor, workdir) -> dict:
-    """What the page header says about the run: folder, encoder, decoder, test scores."""
+def run_info(extractor, workdir, members=()) -> dict:
+    """What the page header says about the run: folder, encoder, decoder, test scores (an
+    ensemble with ``members``: all its folders, and no single run's scores)."""
     config, workdir = extractor.config, pathlib.Path(workdir)
     info = {
-        "run": str(workdir),
+        "run": " + ".join(map(str, (workdir, *members))),
         "encoder": str(config.model.encoder),
         "decoder": str(config.model.get("ner_decoder", "bio")),
         "created": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
     metrics = workdir / "metrics.json"
-    if metrics.exists():
+    if metrics.exists() and not members:
         corpus = json.loads(metrics.read_text()).get("corpus", {})
         info["scores"] = {k: corpus[k]["f1"] for k in ("ner", "re_e2e") if k in corpus}
     return info

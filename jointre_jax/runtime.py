@@ -6,8 +6,9 @@
   replicated, or FSDP-sharded with ``config.sharding.fsdp`` > 1, see
   :mod:`jointre_jax.parallel`) and ``donate_argnums=0``; dropout keys are
   ``fold_in(rng, state.step)``.
-* ``predict_step(state, batch)`` decodes entities and scores their relations on the device
-  (:mod:`jointre_jax.predictor` turns its arrays into entities and relations of examples).
+* ``predict_step(params, batch)`` decodes entities and scores their relations on the device
+  (:mod:`jointre_jax.predictor` turns its arrays into entities and relations of examples),
+  for one model or an ensemble (a tuple of parameters: mean probabilities).
 * AdamW with linear warmup and linear decay, global-norm gradient clipping; the new heads may
   take their own peak learning rate (``optim.head_learning_rate``), the encoder's layers
   decayed ones (``optim.layer_decay``).
@@ -38,7 +39,7 @@ from jax.sharding import Mesh
 from jointre_jax import parallel
 from jointre_jax.data import packing
 from jointre_jax.data.batching import Batcher, entity_slots
-from jointre_jax.labels import EntityScheme, decide
+from jointre_jax.labels import EntityScheme, decide, gold_table
 from jointre_jax.model.bert import BertConfig
 from jointre_jax.model.joint import JointModel
 from jointre_jax.model.losses import LossOptions, loss_terms, ner_consistency, total_loss
@@ -148,6 +149,16 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, options: LossO
     return state.apply_gradients(grads=grads), {**terms, "loss": loss}
 
 
+def mean_log_probs(logits: list) -> jax.Array:
+    """Log of the members' mean class probabilities, from each member's logits [..., C]: what
+    decoding reads as the ensemble's logits (its softmax is the mean). One member: its logits,
+    unchanged."""
+    if len(logits) == 1:
+        return logits[0]
+    probs = [jax.nn.softmax(x.astype(jnp.float32), -1) for x in logits]
+    return jnp.log(sum(probs) / len(probs))
+
+
 def predict_step(params, batch: dict, *, model: JointModel) -> dict:
     """Predictions of a batch (N = entity slots):
 
@@ -156,24 +167,46 @@ def predict_step(params, batch: dict, *, model: JointModel) -> dict:
     * with RE: ``re_labels`` int32 [B, N, N] (best relation label between decoded entities),
       ``re_probs`` float32 [B, N, N] (its probability), ``gold_re_labels`` int32 [B, N, N]
       (best label between the gold entities of the batch: RE among gold entities).
+
+    ``params``: one model's parameters, or a tuple of several (an ensemble of runs of one
+    config, e.g. seeds): each member encodes the batch; entities are decoded from the mean of
+    their NER probabilities; each member scores the relations between those entities, and the
+    decision reads the mean of their relation probabilities.
     """
+    members = params if isinstance(params, tuple) else (params,)
+    stages = [model.apply({"params": p}, batch, method=JointModel.encode) for p in members]
     has_re = model.method != "ner"
-    tables = ("predicted", "gold") if has_re else ()
-    outputs = model.apply({"params": params}, batch, label_source="predicted", tables=tables)
-    if has_re:
-        entities = outputs["predicted"]
+    ner_logits = None
+    if model.method != "re":
+        ner_logits = mean_log_probs([stage["ner_logits"] for stage in stages])
+    gold = gold_table(batch)
+    if ner_logits is None:
+        entities = {**gold, "score": gold["mask"].astype(jnp.float32)}
     else:
         entities = model.scheme.decode(
-            outputs["ner_logits"], batch["word_mask"], model.max_entities, batch.get("word_segment")
+            ner_logits, batch["word_mask"], model.max_entities, batch.get("word_segment")
         )
     out = {"entities": entities}
     if has_re:
-        threshold = model.scheme.threshold
-        probs = jax.nn.softmax(outputs["re_logits_predicted"].astype(jnp.float32), -1)
-        labels, out["re_probs"] = decide(probs, threshold)
-        out["re_labels"] = labels.astype(jnp.int32)
-        gold_probs = jax.nn.softmax(outputs["re_logits_gold"].astype(jnp.float32), -1)
-        out["gold_re_labels"] = decide(gold_probs, threshold)[0].astype(jnp.int32)
+        labels = model.entity_labels(ner_logits, batch, "predicted")
+
+        def relations(table):  # (label int32 [B, N, N], its probability): the mean's decision
+            logits = [
+                model.apply(
+                    {"params": p},
+                    stage["pair_words"],
+                    table,
+                    labels,
+                    method=JointModel.relation_logits,
+                )  # fmt: skip
+                for p, stage in zip(members, stages, strict=True)
+            ]
+            probs = jax.nn.softmax(mean_log_probs(logits).astype(jnp.float32), -1)
+            label, prob = decide(probs, model.scheme.threshold)
+            return label.astype(jnp.int32), prob
+
+        out["re_labels"], out["re_probs"] = relations(entities)
+        out["gold_re_labels"] = relations(gold)[0]
     return out
 
 

@@ -305,7 +305,9 @@ class JointModel(nn.Module):
     [B, L, L, types + 1] for span), ``predicted`` (the decoded entity table, when a table needs
     it) and, for each name in ``tables`` ("gold", "predicted", "incremental"), that entity
     table as ``table_<name>`` and its relation logits as ``re_logits_<name>`` [B, N', N', R]
-    (not for ``ner``).
+    (not for ``ner``). It composes two stages that prediction also calls one by one, so that
+    an ensemble decodes between them (:func:`jointre_jax.runtime.predict_step`): ``encode``
+    (NER logits and the pair scorer's word features) and ``relation_logits`` (of any table).
 
     Packed rows (:mod:`jointre_jax.data.packing`): the encoder keeps to each segment
     (``segment_ids``, ``position_ids``), and decoding and the word LSTM to each word segment
@@ -442,6 +444,39 @@ class JointModel(nn.Module):
             parts.append(self.label_embedding(table["type"]).astype(words.dtype))
         return jnp.concatenate(parts, axis=-1)
 
+    def encode(self, batch, deterministic: bool = True) -> dict:
+        """Stage one, every model of an ensemble on its own: ``ner_logits`` (not for ``re``)
+        and ``pair_words`` [B, L, D'], the word features the pair scorer reads (the RE
+        encoder's for ``pipeline``; none for ``ner``)."""
+        words, context = self.words(self.encoder, batch, deterministic)
+        out = {}
+        if self.method != "re":
+            out["ner_logits"] = self.ner(words, deterministic, context)
+        if self.method == "pipeline":
+            out["pair_words"], _ = self.words(self.re_encoder, batch, deterministic)
+        elif self.method != "ner":
+            out["pair_words"] = words
+        return out
+
+    def entity_labels(self, ner_logits, batch, label_source: str):
+        """What entity features are built with (see :meth:`entity_features`): for joint BIO
+        the gold or argmax tags [B, L], for the joint span scheme True (the table's types),
+        else None."""
+        if self.method != "joint":
+            return None
+        if isinstance(self.scheme, SpanScheme):
+            return True
+        if label_source == "gold" and "ner_labels" in batch:
+            return batch["ner_labels"]
+        return jnp.argmax(jax.lax.stop_gradient(ner_logits), axis=-1)
+
+    def relation_logits(self, pair_words, table, labels, deterministic: bool = True):
+        """Stage two: relation logits [B, N, N, R] between the entities of ``table`` (the
+        decoded table may come from an ensemble's averaged NER probabilities)."""
+        scorer = self.re_pairs if self.method == "pipeline" else self.pairs
+        features = self.entity_features(pair_words, table, labels)
+        return scorer(features, deterministic, self.dropout_rate)
+
     def __call__(
         self,
         batch,
@@ -451,10 +486,8 @@ class JointModel(nn.Module):
     ):
         if label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source {label_source!r} not in {LABEL_SOURCES}")
-        words, context = self.words(self.encoder, batch, deterministic)
-        out = {}
-        if self.method != "re":
-            out["ner_logits"] = self.ner(words, deterministic, context)
+        stage = self.encode(batch, deterministic)
+        out = {k: v for k, v in stage.items() if k == "ner_logits"}
         if self.method == "ner":
             return out
         gold = gold_table(batch)
@@ -465,15 +498,7 @@ class JointModel(nn.Module):
             out["predicted"] = self.scheme.decode(
                 logits, batch["word_mask"], self.max_entities, batch.get("word_segment")
             )
-        labels, scorer = None, self.pairs if self.method != "pipeline" else self.re_pairs
-        if self.method == "joint":
-            labels = batch.get("ner_labels") if label_source == "gold" else None
-            if isinstance(self.scheme, SpanScheme):
-                labels = True
-            elif labels is None:
-                labels = jnp.argmax(jax.lax.stop_gradient(out["ner_logits"]), axis=-1)
-        if self.method == "pipeline":
-            words, _ = self.words(self.re_encoder, batch, deterministic)
+        labels = self.entity_labels(out.get("ner_logits"), batch, label_source)
         for name in tables:
             if name == "gold":
                 table = gold
@@ -481,9 +506,10 @@ class JointModel(nn.Module):
                 table = out["predicted"]
             else:
                 table = incremental_table(gold, out["predicted"])
-            features = self.entity_features(words, table, labels)
             out[f"table_{name}"] = table
-            out[f"re_logits_{name}"] = scorer(features, deterministic, self.dropout_rate)
+            out[f"re_logits_{name}"] = self.relation_logits(
+                stage["pair_words"], table, labels, deterministic
+            )
         return out
 
     def encoder_prefixes(self) -> tuple[tuple[str, ...], ...]:
