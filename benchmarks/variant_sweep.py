@@ -59,6 +59,9 @@ VARIANTS = {
     "fgm05": {"model.adversarial_epsilon": 0.5},
     "fgm_kl1": {"model.adversarial_epsilon": 1.0, "model.adversarial_consistency": 1.0},
     "fgm_kl3": {"model.adversarial_epsilon": 1.0, "model.adversarial_consistency": 3.0},
+    # Span negative sampling: each step keeps this share of the "no entity" spans in the loss.
+    "neg03": {"model.span_negative_keep": 0.3},
+    "neg01": {"model.span_negative_keep": 0.1},
 }
 
 

@@ -234,6 +234,10 @@ def get_config() -> ml_collections.ConfigDict:
     # span: boundary smoothing eps of the NER loss (0: off, at most 0.25): a gold span gives eps
     # of its target to the candidate spans one boundary word away (Zhu and Li, ACL 2022).
     config.model.boundary_smoothing = 0.0
+    # span, in (0, 1]: each training step keeps each negative span (a candidate whose target is
+    # "no entity" alone) in the NER loss with this probability (Li et al., ICLR 2021: entities
+    # the annotators left out are then rarely taught as negatives). 1: every candidate counts.
+    config.model.span_negative_keep = 1.0
     # > 0: adversarial training (the fast gradient method, Miyato et al. 2017): each step also
     # takes the gradient of the loss with every encoder's word-embedding table moved by this
     # norm along its gradient (a second forward and backward pass: about twice the step's cost).

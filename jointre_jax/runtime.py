@@ -132,7 +132,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, options: LossO
             tables=(options.re_table,),
             rngs={"dropout": key},
         )
-        terms = loss_terms(outputs, batch, options)
+        terms = loss_terms(outputs, batch, options, jax.random.fold_in(key, 2))
         loss = total_loss(terms, options.ner_weight, options.re_weight)
         if reference is not None:
             consistency = ner_consistency(outputs["ner_logits"], reference, batch, options)
@@ -307,6 +307,7 @@ def loss_options(config, scheme: EntityScheme) -> LossOptions:
         ner_weight=float(config.model.ner_loss_weight),
         re_weight=float(config.model.re_loss_weight),
         boundary_smoothing=float(config.model.get("boundary_smoothing", 0.0)),
+        span_negative_keep=float(config.model.get("span_negative_keep", 1.0)),
         adversarial_epsilon=float(config.model.get("adversarial_epsilon", 0.0)),
         adversarial_consistency=float(config.model.get("adversarial_consistency", 0.0)),
     )

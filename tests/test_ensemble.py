@@ -16,7 +16,6 @@ from jointre_jax.errors import UserError
 from jointre_jax.extraction import Extractor
 from jointre_jax.labels import BioScheme, SpanScheme
 from jointre_jax.model.joint import JointModel
-from tests.test_failures import assert_one_line_error, program
 from tests.test_heads import TINY, model_batch
 from tests.test_train import tiny_train_config
 
@@ -106,15 +105,10 @@ def test_a_run_of_another_model_cannot_join_and_is_named(run_dirs, tmp_path):
     (odd / "config.json").write_text(json.dumps(saved))
     with pytest.raises(UserError, match=r"model\.pair_hidden_dim is \d+ there and \d+ here"):
         inference.load_run(first, members=(odd,))
-    out = program(
-        "jointre_jax.evaluate", f"--workdir={first}", f"--ensemble={second},{odd}",
-        f"--brat_dir={json.loads((first / 'config.json').read_text())['data']['dir']}",
-        f"--out={tmp_path / 'scores.json'}",
-    )  # fmt: skip
-    assert_one_line_error(out, "evaluate", f"run {odd} cannot join an ensemble", "pair_hidden_dim")
 
 
 def test_the_sweep_scores_disjoint_ensembles_of_each_variants_seeds(run_dirs):
+    """Also the CLI's ``--ensemble``: the sweep runs ``jointre_jax.evaluate`` with it."""
     fake = [
         {"run": f"v_s{seed}", "variant": "v", "seed": seed, "epochs": [{}] * done}
         for seed, done in [(4, 7), (0, 7), (1, 6), (2, 0), (3, 7), (5, 7)]

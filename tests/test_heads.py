@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jointre_jax.labels import BioScheme, SpanScheme, crossing, decide
+from jointre_jax.labels import BioScheme, SpanScheme, crossing, decide, gold_table
 from jointre_jax.model.bert import BertConfig
 from jointre_jax.model.joint import (
     JointModel,
@@ -21,6 +21,7 @@ from jointre_jax.model.losses import (
     LossOptions,
     loss_terms,
     relation_pairs,
+    sampled_negatives,
     smoothed_span_targets,
     total_loss,
 )
@@ -212,6 +213,46 @@ def test_boundary_smoothing_loss_is_soft_cross_entropy_and_zero_eps_is_plain():
         LossOptions(scheme, boundary_smoothing=0.3)
     with pytest.raises(ValueError, match="span decoder"):
         LossOptions(BioScheme(2), boundary_smoothing=0.1)
+
+
+def test_span_negative_sampling_drops_only_pure_negatives_and_their_count():
+    """With span_negative_keep p, each candidate whose target is "no entity" alone counts with
+    probability p; gold spans and smoothed neighbours always count; the sum and the count are
+    those of the kept candidates."""
+    scheme = SpanScheme(2, max_width=8)
+    length = 32
+    batch = {
+        "word_mask": jnp.ones((1, length), bool),
+        "row_mask": jnp.array([True]),
+        "entity_start": jnp.array([[1, 10]]), "entity_end": jnp.array([[3, 11]]),
+        "entity_type": jnp.array([[1, 2]]),
+    }  # fmt: skip
+    logits = jax.random.normal(jax.random.key(0), (1, length, length, 3))
+    all_ = loss_terms({"ner_logits": logits}, batch, LossOptions(scheme, boundary_smoothing=0.1))
+    options = LossOptions(scheme, boundary_smoothing=0.1, span_negative_keep=0.25)
+    some = loss_terms({"ner_logits": logits}, batch, options, jax.random.key(1))
+    mask = np.asarray(scheme.span_mask(batch["word_mask"]))[0]
+    soft = np.asarray(
+        smoothed_span_targets(scheme.span_targets(gold_table(batch), length), mask, 3, 0.1)
+    )
+    kept = np.asarray(
+        sampled_negatives(jnp.asarray(soft), jnp.asarray(mask), 0.25, jax.random.key(1))
+    )[0]
+    pure = soft[0, ..., 0] >= 1.0
+    assert kept[mask & ~pure].all()  # the 2 gold spans and their 4 + 2 smoothed neighbours
+    assert (mask & ~pure).sum() == 2 + 4 + 2
+    rate = kept[mask & pure].mean()
+    assert 0.2 < rate < 0.3, rate  # about a quarter of the 220 pure negatives
+    assert not kept[~mask].any()
+    assert float(some["ner_count"]) == kept.sum() < float(all_["ner_count"]) == mask.sum()
+    losses = -(soft[0] * np.asarray(jax.nn.log_softmax(logits, -1))[0]).sum(-1)
+    np.testing.assert_allclose(float(some["ner_loss_sum"]), losses[kept].sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match="needs an rng"):
+        loss_terms({"ner_logits": logits}, batch, options)
+    with pytest.raises(ValueError, match="span_negative_keep"):
+        LossOptions(scheme, span_negative_keep=0.0)
+    with pytest.raises(ValueError, match="span decoder"):
+        LossOptions(BioScheme(2), span_negative_keep=0.5)
 
 
 def test_span_decoding_never_produces_crossing_spans():

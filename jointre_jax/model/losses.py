@@ -7,7 +7,10 @@ NER (by label scheme, :mod:`jointre_jax.labels`):
   its gold class (1 + type, or 0 = no entity); with ``boundary_smoothing`` eps > 0, against
   soft targets instead (Zhu and Li, ACL 2022): each gold span keeps 1 - eps of its class and
   gives eps, in equal shares, to the candidate spans one boundary word away (start or end moved
-  by one word) that are not gold entities themselves.
+  by one word) that are not gold entities themselves; with ``span_negative_keep`` p < 1, each
+  step counts each negative candidate (its target "no entity" alone) with probability p and
+  drops the others from the sum and the count (span negative sampling, Li et al., ICLR 2021:
+  an entity the annotators left out is then rarely taught as "no entity").
 
 RE is scored between the entities of a table (:class:`~jointre_jax.model.joint.JointModel`),
 negatives by ``negative_sampling``:
@@ -48,6 +51,7 @@ class LossOptions:
     ner_weight: float = 1.0
     re_weight: float = 1.0
     boundary_smoothing: float = 0.0
+    span_negative_keep: float = 1.0
     # > 0: adversarial training on the word embeddings (runtime.train_step), this the norm of
     # each encoder's perturbation.
     adversarial_epsilon: float = 0.0
@@ -78,6 +82,10 @@ class LossOptions:
             )
         if self.boundary_smoothing and not isinstance(self.scheme, SpanScheme):
             raise ValueError("boundary_smoothing needs the span decoder (model.ner_decoder)")
+        if not 0.0 < self.span_negative_keep <= 1.0:
+            raise ValueError(f"span_negative_keep {self.span_negative_keep} not in (0, 1]")
+        if self.span_negative_keep < 1.0 and not isinstance(self.scheme, SpanScheme):
+            raise ValueError("span_negative_keep needs the span decoder (model.ner_decoder)")
 
     @property
     def re_table(self) -> str:
@@ -174,11 +182,24 @@ def relation_pairs(
     return mask, jnp.where(mask & positives, relations, 0)
 
 
-def loss_terms(outputs, batch, options: LossOptions):
+def sampled_negatives(targets, mask, keep: float, rng):
+    """``mask`` [B, L, L] without the negative candidates not drawn this step: a candidate
+    whose target (int class, or soft distribution [..., C]) is "no entity" alone stays with
+    probability ``keep``; every other candidate stays."""
+    if jnp.issubdtype(targets.dtype, jnp.floating):
+        negative = targets[..., 0] >= 1.0
+    else:
+        negative = targets == 0
+    drawn = jax.random.bernoulli(rng, keep, mask.shape)
+    return mask & (drawn | ~negative)
+
+
+def loss_terms(outputs, batch, options: LossOptions, rng=None):
     """Sums and denominators of the NER and RE losses of one batch.
 
     Returns a dict with ``ner_loss_sum``, ``ner_count``, ``re_loss_sum``, ``re_pairs`` (the
-    absent half of a standalone model is 0).
+    absent half of a standalone model is 0). ``rng``: the key of span negative sampling
+    (needed only with ``options.span_negative_keep`` < 1).
     """
     zero = jnp.zeros((), jnp.float32)
     terms = {"ner_loss_sum": zero, "ner_count": zero, "re_loss_sum": zero, "re_pairs": zero}
@@ -187,6 +208,10 @@ def loss_terms(outputs, batch, options: LossOptions):
         if options.boundary_smoothing:
             num_classes = outputs["ner_logits"].shape[-1]
             targets = smoothed_span_targets(targets, mask, num_classes, options.boundary_smoothing)
+        if options.span_negative_keep < 1.0:
+            if rng is None:
+                raise ValueError("span_negative_keep < 1 needs an rng for loss_terms")
+            mask = sampled_negatives(targets, mask, options.span_negative_keep, rng)
         terms["ner_loss_sum"], terms["ner_count"] = masked_cross_entropy(
             outputs["ner_logits"], targets, mask
         )
