@@ -146,6 +146,13 @@ def gold_table(batch) -> dict:
     }
 
 
+def gold_as_decoded(batch) -> dict:
+    """The gold table with ``score`` 1 on its entities: what a model without NER (standalone
+    RE) "decodes"."""
+    gold = gold_table(batch)
+    return {**gold, "score": gold["mask"].astype(jnp.float32)}
+
+
 # -------------------------------------------------------------------------------- schemes
 @dataclasses.dataclass(frozen=True)
 class EntityScheme:

@@ -39,7 +39,7 @@ from jax.sharding import Mesh
 from jointre_jax import parallel
 from jointre_jax.data import packing
 from jointre_jax.data.batching import Batcher, entity_slots
-from jointre_jax.labels import EntityScheme, decide, gold_table
+from jointre_jax.labels import EntityScheme, decide, gold_as_decoded, gold_table
 from jointre_jax.model.bert import BertConfig
 from jointre_jax.model.joint import JointModel
 from jointre_jax.model.losses import LossOptions, loss_terms, ner_consistency, total_loss
@@ -179,9 +179,8 @@ def predict_step(params, batch: dict, *, model: JointModel) -> dict:
     ner_logits = None
     if model.method != "re":
         ner_logits = mean_log_probs([stage["ner_logits"] for stage in stages])
-    gold = gold_table(batch)
     if ner_logits is None:
-        entities = {**gold, "score": gold["mask"].astype(jnp.float32)}
+        entities = gold_as_decoded(batch)
     else:
         entities = model.scheme.decode(
             ner_logits, batch["word_mask"], model.max_entities, batch.get("word_segment")
@@ -198,7 +197,7 @@ def predict_step(params, batch: dict, *, model: JointModel) -> dict:
                     table,
                     labels,
                     method=JointModel.relation_logits,
-                )  # fmt: skip
+                )
                 for p, stage in zip(members, stages, strict=True)
             ]
             probs = jax.nn.softmax(mean_log_probs(logits).astype(jnp.float32), -1)
@@ -206,7 +205,7 @@ def predict_step(params, batch: dict, *, model: JointModel) -> dict:
             return label.astype(jnp.int32), prob
 
         out["re_labels"], out["re_probs"] = relations(entities)
-        out["gold_re_labels"] = relations(gold)[0]
+        out["gold_re_labels"] = relations(gold_table(batch))[0]
     return out
 
 

@@ -40,7 +40,14 @@ import jax
 import jax.numpy as jnp
 
 from jointre_jax.data.tokenization import CASINGS
-from jointre_jax.labels import BioScheme, EntityScheme, SpanScheme, gold_table, segment_starts
+from jointre_jax.labels import (
+    BioScheme,
+    EntityScheme,
+    SpanScheme,
+    gold_as_decoded,
+    gold_table,
+    segment_starts,
+)
 from jointre_jax.model.bert import BertConfig, BertModel
 
 METHODS = ("joint", "ner", "re", "pipeline")
@@ -492,7 +499,7 @@ class JointModel(nn.Module):
             return out
         gold = gold_table(batch)
         if self.method == "re":
-            out["predicted"] = {**gold, "score": gold["mask"].astype(jnp.float32)}
+            out["predicted"] = gold_as_decoded(batch)
         elif {"predicted", "incremental"} & set(tables):
             logits = jax.lax.stop_gradient(out["ner_logits"])
             out["predicted"] = self.scheme.decode(
