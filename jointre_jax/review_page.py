@@ -100,6 +100,8 @@ def run_info(extractor, workdir, members=()) -> dict:
         "decoder": str(config.model.get("ner_decoder", "bio")),
         "created": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
+    if members:
+        info["ensemble"] = 1 + len(members)
     metrics = workdir / "metrics.json"
     if metrics.exists() and not members:
         corpus = json.loads(metrics.read_text()).get("corpus", {})
@@ -164,6 +166,8 @@ def _header(info: dict, documents: int, criteria: int, entities: int, relations:
         if scores
         else "no test scores in this run"
     )
+    if info.get("ensemble"):
+        score_text = f"an ensemble of {info['ensemble']} runs: no single run's test scores"
     meta = (
         f"run {info.get('run', '?')} · encoder {info.get('encoder', '?')} · decoder "
         f"{info.get('decoder', '?')} · {score_text} · made {info.get('created', '')}"

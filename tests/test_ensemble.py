@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import variant_sweep
-from jointre_jax import inference, runtime, train
+from jointre_jax import inference, review_page, runtime, train
 from jointre_jax.errors import UserError
 from jointre_jax.extraction import Extractor
 from jointre_jax.labels import BioScheme, SpanScheme
@@ -93,7 +93,8 @@ def test_extraction_with_an_ensemble_of_two_runs(run_dirs):
     expected = inference.load_run(second)[1].params
     for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    pair.extract(text)  # runs on the ensemble's one predict path
+    page = review_page.render(pair.extract(text), review_page.run_info(pair, first, [second]))
+    assert f"run {first} + {second}" in page and "an ensemble of 2 runs" in page
 
 
 def test_a_run_of_another_model_cannot_join_and_is_named(run_dirs, tmp_path):
