@@ -9,8 +9,10 @@
 # the ml_collections wheel). On the GPU machine (the device tool: carry .gpu):
 #     bash benchmarks/gpu_ensemble.sh OUT [SEEDS]
 # widens the MiniLM to float32 in /tmp, trains, and leaves OUT/sweep.json and OUT/ensemble.md
-# (benchmarks/variant_sweep.py's table). SEEDS: default 0,...,8. EXTRA: more variant_sweep
-# arguments (a CPU smoke run: EXTRA='--set num_epochs=1 --set data.max_train_examples=32').
+# (benchmarks/variant_sweep.py's table). SEEDS: default 0,...,8. VARIANTS: variant_sweep's
+# variants, default base (VARIANTS=base,neg03 with SEEDS=0,1,2 trains six runs and scores
+# one ensemble of each). EXTRA: more variant_sweep arguments (a CPU smoke run:
+# EXTRA='--set num_epochs=1 --set data.max_train_examples=32').
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -58,7 +60,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 "$PY" -m benchmarks.variant_sweep --config=configs/minilm_span.py \
     --set data.dir="$PWD/.gpu/chia" --set model.encoder=/tmp/minilm \
-    --variants=base --seeds="$SEEDS" --confirm=0 --phase1=1.0 \
+    --variants="${VARIANTS:-base}" --seeds="$SEEDS" --confirm=0 --phase1=1.0 \
     --deadline="${DEADLINE:-585}" --ensemble_size=3 --ensemble_seconds="${ENSEMBLE_SECONDS:-85}" \
     --poll=20 --out="$OUT" --workdirs="${WORKDIRS:-/tmp/sweep}" ${EXTRA:-}
 "$PY" -m benchmarks.variant_sweep --config=x --workdirs=x --report="$OUT/sweep.json" \
