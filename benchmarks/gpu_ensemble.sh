@@ -10,7 +10,7 @@
 #     bash benchmarks/gpu_ensemble.sh OUT [SEEDS]
 # widens the MiniLM to float32 in /tmp, trains, and leaves OUT/sweep.json and OUT/ensemble.md
 # (benchmarks/variant_sweep.py's table). SEEDS: default 0,...,8. VARIANTS: variant_sweep's
-# variants, default base (VARIANTS=base,neg03 with SEEDS=0,1,2 trains six runs and scores
+# variants, default base (VARIANTS=base,neg03 with SEEDS 0,1,2 trains six runs and scores
 # one ensemble of each). EXTRA: more variant_sweep arguments (a CPU smoke run:
 # EXTRA='--set num_epochs=1 --set data.max_train_examples=32').
 set -u
