@@ -191,6 +191,11 @@ def get_config() -> ml_collections.ConfigDict:
     # span, with span_pooling_dim > 0: the span-content term also reads the criterion's [CLS]
     # output (SpERT's context vector), so a span's score can depend on the whole criterion.
     config.model.span_context = False
+    # span: > 0 adds a span-interaction score: this many residual 3 x 3 convolutions over the
+    # table of candidate spans (start x width), so that a span's score reads its neighbours'
+    # (CNN-NER, Yan et al. 2023); span_conv_dim: their channels (0 layers: no such term).
+    config.model.span_conv_layers = 0
+    config.model.span_conv_dim = 64
     # Training only: the probability that a word is replaced, all its wordpieces, by [MASK]
     # before the encoder reads it (whole-word masking as data augmentation; 0: never).
     config.model.word_masking = 0.0

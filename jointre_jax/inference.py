@@ -66,7 +66,8 @@ ENSEMBLE_FIELDS = {
     "model": (
         "method", "ner_decoder", "max_span_width", "discontinuous", "re_option", "lowercase",
         "ner_label_embedding_dim", "pair_hidden_dim", "span_hidden_dim", "span_pooling_dim",
-        "span_context", "word_features", "layer_mix", "word_lstm_dim", "casing_embedding_dim",
+        "span_context", "span_conv_layers", "span_conv_dim", "word_features", "layer_mix",
+        "word_lstm_dim", "casing_embedding_dim",
     ),
 }  # fmt: skip
 

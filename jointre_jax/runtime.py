@@ -265,6 +265,10 @@ def create_model(
             "model.span_context feeds the span-content term: it needs model.ner_decoder='span' "
             "and model.span_pooling_dim > 0"
         )
+    if int(config.model.get("span_conv_layers", 0)) and config.model.ner_decoder != "span":
+        raise ValueError(
+            "model.span_conv_layers convolves the span table: it needs model.ner_decoder='span'"
+        )
     if packing.example_length(config) > bert.max_position_embeddings:
         raise ValueError(
             f"data.max_length + data.context_length = {packing.example_length(config)} exceeds the "
@@ -288,6 +292,8 @@ def create_model(
         word_lstm_dim=int(config.model.word_lstm_dim),
         span_pooling_dim=int(config.model.span_pooling_dim),
         span_context=bool(config.model.get("span_context", False)),
+        span_conv_layers=int(config.model.get("span_conv_layers", 0)),
+        span_conv_dim=int(config.model.get("span_conv_dim", 64)),
         casing_embedding_dim=int(config.model.get("casing_embedding_dim", 0)),
         word_masking=float(config.model.get("word_masking", 0.0)),
         mask_token_id=int(mask_token_id),

@@ -10,13 +10,7 @@ import pytest
 
 from jointre_jax.labels import BioScheme, SpanScheme, crossing, decide, gold_table
 from jointre_jax.model.bert import BertConfig
-from jointre_jax.model.joint import (
-    JointModel,
-    PairScorer,
-    SpanScorer,
-    incremental_table,
-    mask_words,
-)
+from jointre_jax.model.joint import JointModel, PairScorer, incremental_table, mask_words
 from jointre_jax.model.losses import (
     LossOptions,
     loss_terms,
@@ -25,6 +19,7 @@ from jointre_jax.model.losses import (
     smoothed_span_targets,
     total_loss,
 )
+from jointre_jax.model.spans import SpanScorer
 
 TINY = BertConfig(
     vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -350,6 +345,74 @@ def test_span_context_term_matches_explicit_formula():
         np.testing.assert_allclose(extra[b, i, j], expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="pool_dim"):
         plain.init(jax.random.key(1), words, context=context)
+
+
+def _conv_in_segments(grid, kernel, bias, segment):
+    """A 3 x 3 convolution, zero-padded, over grid [L, W, K] (start x width), each span reading
+    only neighbours that start in its own segment: kernel [3, 3, K, K'] -> [L, W, K']."""
+    out = np.zeros(grid.shape[:2] + kernel.shape[-1:])
+    for i in range(grid.shape[0]):
+        for w in range(grid.shape[1]):
+            out[i, w] = bias
+            for di in (-1, 0, 1):
+                for dw in (-1, 0, 1):
+                    a, b = i + di, w + dw
+                    inside = 0 <= a < grid.shape[0] and 0 <= b < grid.shape[1]
+                    if inside and segment[a] == segment[i]:
+                        out[i, w] += grid[a, b] @ kernel[di + 1, dw + 1]
+    return out
+
+
+def test_span_convolution_term_matches_explicit_formula():
+    """conv_layers > 0 adds K g + k, g the span grid (start x width) after residual 3 x 3
+    convolutions, every span outside one word segment zeroed before and after each and no span
+    reading one that starts in another segment; at initialisation (K, k = 0) the term is
+    silent, and without segments the scorer refuses."""
+    words = jax.random.normal(jax.random.key(0), (2, 6, 8))
+    segment = jnp.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
+    plain = SpanScorer(num_classes=3, hidden_dim=4, max_width=3)
+    conv = SpanScorer(num_classes=3, hidden_dim=4, max_width=3, conv_layers=2, conv_dim=5)
+    params = conv.init(jax.random.key(1), words, segment=segment)["params"]
+    base = {k: v for k, v in params.items() if k in plain.init(jax.random.key(1), words)["params"]}
+    np.testing.assert_array_equal(  # silent at initialisation
+        conv.apply({"params": params}, words, segment=segment), plain.apply({"params": base}, words)
+    )
+    params["conv_classes"] = {
+        "kernel": jax.random.normal(jax.random.key(3), (5, 3)),
+        "bias": jax.random.normal(jax.random.key(4), (3,)),
+    }
+    extra = np.asarray(conv.apply({"params": params}, words, segment=segment)) - np.asarray(
+        plain.apply({"params": base}, words)
+    )
+    x, p = np.asarray(words), jax.tree.map(np.asarray, params)
+    s = np.maximum(x @ p["start"]["kernel"] + p["start"]["bias"], 0)
+    e = np.maximum(x @ p["end"]["kernel"] + p["end"]["bias"], 0)
+    gelu = lambda v: np.asarray(jax.nn.gelu(v))  # noqa: E731
+    for b in range(2):
+        grid, valid = np.zeros((6, 3, 5)), np.zeros((6, 3, 1))
+        for i in range(6):
+            for w in range(3):
+                if i + w < 6 and segment[b, i] > 0 and segment[b, i + w] == segment[b, i]:
+                    valid[i, w] = 1
+                    grid[i, w] = (
+                        s[b, i] @ p["conv_start"]["kernel"]
+                        + p["conv_start"]["bias"]
+                        + e[b, i + w] @ p["conv_end"]["kernel"]
+                        + p["conv_width"]["embedding"][w]
+                    )
+        grid = gelu(grid) * valid
+        for k in range(2):
+            kernel = p[f"conv_{k}"]["kernel"].reshape(3, 3, 5, 5)  # (di, dw) row-major
+            update = _conv_in_segments(grid, kernel, p[f"conv_{k}"]["bias"], np.asarray(segment[b]))
+            grid = (grid + gelu(update)) * valid
+        classes = grid @ p["conv_classes"]["kernel"] + p["conv_classes"]["bias"]
+        for i in range(6):
+            for j in range(i, min(i + 3, 6)):
+                np.testing.assert_allclose(extra[b, i, j], classes[i, j - i], rtol=1e-4, atol=1e-4)
+    # Row 0: span (2, 3) crosses from criterion 1 into 2; zeroed, it scores the bias alone.
+    np.testing.assert_allclose(extra[0, 2, 3], p["conv_classes"]["bias"], rtol=1e-5)
+    with pytest.raises(ValueError, match="word segments"):
+        conv.init(jax.random.key(1), words)
 
 
 @pytest.mark.parametrize(

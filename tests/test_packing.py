@@ -115,6 +115,8 @@ def _rows_of_both(config, encoder, data, length=64):
         # Neighbouring criteria as context: longer segments, words that do not start at 1.
         ("bio", {"context_length": 8}),
         ("span", {"span_pooling_dim": 8, "span_context": True, "context_length": 8}),
+        # The span convolution reads no span that crosses into the next criterion.
+        ("span", {"span_conv_layers": 2, "span_conv_dim": 4}),
     ],
 )
 @pytest.mark.parametrize("negatives", ["gs-based", "incremental"])
@@ -122,6 +124,9 @@ def test_a_packed_example_gets_its_logits_and_losses_alone(tmp_path, decoder, op
     # Slots for every span an untrained decoder finds: the row's table must cut none of them.
     config, encoder, data, model = _tiny(tmp_path, decoder, max_entities=400, **options)
     params = runtime.init_params(model, jax.random.key(0))
+    if "span_conv_layers" in options:  # its output layer starts at zero: make the term speak
+        kernel = params["ner"]["conv_classes"]["kernel"]
+        params["ner"]["conv_classes"]["kernel"] = jax.random.normal(jax.random.key(5), kernel.shape)
     context = "context_length" in options
     batch, alone = _rows_of_both(config, encoder, data, length=128 if context else 64)
     assert batch["segment_ids"].max() == len(data.examples) >= 3

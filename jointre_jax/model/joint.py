@@ -49,6 +49,7 @@ from jointre_jax.labels import (
     segment_starts,
 )
 from jointre_jax.model.bert import BertConfig, BertModel
+from jointre_jax.model.spans import SpanScorer
 
 METHODS = ("joint", "ner", "re", "pipeline")
 RE_OPTIONS = ("m1", "m2", "m2_bilinear")
@@ -103,88 +104,6 @@ class PairScorer(nn.Module):
             )
             scores = scores + tail_part(tail)[:, None, :, :]
         return scores
-
-
-class SpanScorer(nn.Module):
-    """Biaffine start-end span scores: words [B, L, D] -> logits [B, L, L, num_classes].
-
-    ``[b, i, j, c]`` scores class c (0 = no entity) for the span from word i to word j
-    (inclusive): ``s_i^T U_c e_j + W_c (s_i || e_j) + b_c + w_c[j - i]`` with
-    ``s = relu(dense(h))`` and ``e = relu(dense(h))`` the start and end vectors (Yu et al.
-    2020) and ``w`` a learned bias per span width (in words, up to ``max_width``) and class.
-
-    With ``pool_dim`` > 0 a second term scores each span from its content, as span classifiers
-    do (SpERT, Eberts and Ulges 2020): ``V_c relu(P (max_{i<=k<=j} h_k || a[j - i]) + p) +
-    v_c`` with ``a`` a learned width embedding; the max-pools of all spans of width w come
-    from those of width w - 1 in one step each (``max_width`` steps, no [B, L, L, D] tensor).
-    With ``context`` [B, L, D_c] (the criterion's [CLS] output at each word, SpERT's context
-    vector) the hidden layer reads ``max || a[j - i] || context_i`` instead, so a span's score
-    can depend on the whole criterion: one that the corpus leaves unannotated, say.
-    """
-
-    num_classes: int
-    hidden_dim: int
-    max_width: int = 16
-    pool_dim: int = 0
-    width_embedding_dim: int = 25
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, words, deterministic: bool = True, dropout_rate: float = 0.1, context=None):
-        if context is not None and not self.pool_dim:
-            raise ValueError("a span context vector needs the span-content term (pool_dim > 0)")
-        dense = lambda n, name, bias=True: nn.Dense(  # noqa: E731
-            n, use_bias=bias, dtype=self.dtype, name=name
-        )
-        start = nn.relu(dense(self.hidden_dim, "start")(words))
-        end = nn.relu(dense(self.hidden_dim, "end")(words))
-        start = nn.Dropout(dropout_rate)(start, deterministic=deterministic)
-        end = nn.Dropout(dropout_rate)(end, deterministic=deterministic)
-        init = nn.initializers.lecun_normal(in_axis=(1, 2), out_axis=0)  # fan-in d * d
-        bilinear = self.param(
-            "bilinear", init, (self.num_classes, self.hidden_dim, self.hidden_dim), jnp.float32
-        )
-        scores = jnp.einsum("bid,cde,bje->bijc", start, bilinear.astype(self.dtype), end)
-        scores = scores + dense(self.num_classes, "linear_start")(start)[:, :, None, :]
-        scores = scores + dense(self.num_classes, "linear_end", bias=False)(end)[:, None, :, :]
-        width_bias = self.param(
-            "width_bias", nn.initializers.zeros, (self.max_width, self.num_classes), jnp.float32
-        )
-        positions = jnp.arange(words.shape[1])
-        width = jnp.clip(positions[None, :] - positions[:, None], 0, self.max_width - 1)
-        scores = scores + width_bias.astype(scores.dtype)[width][None]
-        if self.pool_dim:
-            scores = scores + self.pooled_scores(words, width, deterministic, dropout_rate, context)
-        return scores
-
-    def pooled_scores(self, words, width, deterministic: bool, dropout_rate: float, context=None):
-        """Span-content logits [B, L, L, C] (see the class docstring); ``width`` [L, L] is the
-        clipped width index j - i of each span; ``context`` [B, L, D_c] or None."""
-        length = words.shape[1]
-        widths = min(self.max_width, length)
-        pools, pooled = [], words
-        for w in range(widths):  # pooled[:, i] = max(words[i .. i + w]); past L: padding
-            if w:
-                shifted = jnp.pad(words[:, w:], ((0, 0), (0, w), (0, 0)))
-                pooled = jnp.maximum(pooled, shifted)
-            pools.append(pooled)
-        pools = jnp.stack(pools, axis=2)  # [B, L, W, D]
-        embedding = nn.Embed(self.max_width, self.width_embedding_dim, name="width_embedding")
-        sizes = embedding(jnp.arange(widths)).astype(words.dtype)  # [W, E]
-        parts = [pools, jnp.broadcast_to(sizes, pools.shape[:3] + sizes.shape[-1:])]
-        if context is not None:  # the context of a span's first word, at every width
-            context = context.astype(words.dtype)[:, :, None, :]
-            parts.append(jnp.broadcast_to(context, pools.shape[:3] + context.shape[-1:]))
-        hidden = nn.Dense(self.pool_dim, dtype=self.dtype, name="pool_hidden")(
-            jnp.concatenate(parts, axis=-1)
-        )
-        hidden = nn.Dropout(dropout_rate)(nn.relu(hidden), deterministic=deterministic)
-        by_width = nn.Dense(self.num_classes, dtype=self.dtype, name="pool_classes")(hidden)
-        index = jnp.broadcast_to(
-            jnp.minimum(width, widths - 1)[None, :, :, None],
-            (words.shape[0], length, length, 1),
-        )  # [B, L, L, 1]: span (i, j) reads width j - i of start i
-        return jnp.take_along_axis(by_width, index, axis=2)
 
 
 def gate_blocks(init, gates: int = 4):
@@ -325,7 +244,8 @@ class JointModel(nn.Module):
     first wordpiece, concatenated with that at its last wordpiece for ``word_features =
     "first_last"``, then with ``word_lstm_dim`` > 0 a bidirectional LSTM over the words (Yu et
     al. 2020 put one between BERT and the biaffine scorer). ``span_pooling_dim`` > 0 adds the
-    span-content term of :class:`SpanScorer`. ``casing_embedding_dim`` > 0 appends to each
+    span-content term of :class:`SpanScorer`, ``span_conv_layers`` > 0 its span-interaction
+    term (``span_conv_dim`` wide). ``casing_embedding_dim`` > 0 appends to each
     word an embedding of its casing class (``batch["word_casing"]``, what an uncased encoder
     cannot see), before the LSTM. ``span_context`` gives that term the
     criterion's [CLS] output (:func:`criterion_context`).
@@ -350,6 +270,8 @@ class JointModel(nn.Module):
     word_lstm_dim: int = 0
     span_pooling_dim: int = 0
     span_context: bool = False
+    span_conv_layers: int = 0
+    span_conv_dim: int = 64
     casing_embedding_dim: int = 0
     word_masking: float = 0.0
     mask_token_id: int = -1
@@ -381,6 +303,8 @@ class JointModel(nn.Module):
                     self.span_hidden_dim,
                     self.scheme.max_width,
                     pool_dim=self.span_pooling_dim,
+                    conv_layers=self.span_conv_layers,
+                    conv_dim=self.span_conv_dim,
                     dtype=self.dtype,
                     name="ner",
                 )
@@ -430,9 +354,9 @@ class JointModel(nn.Module):
             words = self.dropout(words.astype(self.dtype), deterministic=deterministic)
         return words, context
 
-    def ner(self, words, deterministic: bool, context=None):
+    def ner(self, words, deterministic: bool, context=None, segment=None):
         if isinstance(self.scheme, SpanScheme):
-            return self.ner_spans(words, deterministic, self.dropout_rate, context)
+            return self.ner_spans(words, deterministic, self.dropout_rate, context, segment)
         return self.ner_dense(words)
 
     def entity_features(self, words, table, labels=None):
@@ -458,7 +382,8 @@ class JointModel(nn.Module):
         words, context = self.words(self.encoder, batch, deterministic)
         out = {}
         if self.method != "re":
-            out["ner_logits"] = self.ner(words, deterministic, context)
+            segment = batch.get("word_segment", batch["word_mask"].astype(jnp.int32))
+            out["ner_logits"] = self.ner(words, deterministic, context, segment)
         if self.method == "pipeline":
             out["pair_words"], _ = self.words(self.re_encoder, batch, deterministic)
         elif self.method != "ner":
