@@ -16,8 +16,10 @@
 # JAX with a GPU, flax, optax, orbax, transformers, torch and ml_collections; downloads
 # nothing. Writes OUT_DIR/{epoch_speed.json, run/, run.log, throughput_base.json, summary.json}
 # and prints the summary. GPU_CHECK_SMOKE=1 runs every step a few batches long with the
-# config's own encoder (a CPU test of the script itself, tests/test_packing.py; its figures mean
-# nothing); GPU_CHECK_EXTRA adds --config overrides to every step.
+# config's own encoder (a CPU test of the script itself, tests/test_benchmarks.py; its figures
+# mean nothing), each step's time limit times GPU_CHECK_SCALE (4 by default: a shared CPU is
+# slow, and the limits guard a GPU budget that a smoke run does not spend); GPU_CHECK_EXTRA
+# adds --config overrides to every step.
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
 mkdir -p "$OUT"
@@ -28,7 +30,9 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 CONFIG=(--config=configs/minilm_m2.py "--config.data.dir=$DATA" "--config.model.encoder=$ENCODER"
         --config.model.compute_dtype=bfloat16)
 EPOCHS=7 EPOCH_STEPS=50 TRAIN_BATCHES=20 INFER_BATCHES=20 ROUNDS=3 ROWS=32 SIZE=base EXTRA=()
+SCALE=1
 if [[ "${GPU_CHECK_SMOKE:-0}" == 1 ]]; then
+  SCALE=${GPU_CHECK_SCALE:-4}
   EPOCHS=1 EPOCH_STEPS=3 TRAIN_BATCHES=2 INFER_BATCHES=2 ROUNDS=1 ROWS=1 SIZE=config
   EXTRA=(--config.model.compute_dtype=float32 --config.data.max_train_examples=64
          --config.data.max_eval_examples=32 --config.num_devices=1)
@@ -39,7 +43,10 @@ say() { echo "== $* ($(date +%T))" >&2; }
 
 # A step that fails or runs out of its time is reported and the others go on: the timeouts
 # add up to 8 minutes, so one run of the script always ends in time with what it measured.
-step() { local limit=$1; shift; timeout "$limit" "$@" || say "failed or timed out (rc $?): $*"; }
+step() {
+  local limit=$(($1 * SCALE)); shift
+  timeout "$limit" "$@" || say "failed or timed out (rc $?): $*"
+}
 
 say "1/4 time to the first step, packed (a fresh process, caches off)"
 step 75 "$PY" -m benchmarks.epoch_speed "${CONFIG[@]}" "${EXTRA[@]}" --modes=packed \
