@@ -192,6 +192,12 @@ def criterion_context(hidden, batch):
     return gather(hidden, jnp.argmax(owner, axis=-1))  # words of no segment read wordpiece 0
 
 
+def word_segments(batch):
+    """Each word's criterion in its row, int [B, L]: ``word_segment`` of a packed row, else 1
+    for every real word of the row's one criterion; 0 = padding."""
+    return batch.get("word_segment", batch["word_mask"].astype(jnp.int32))
+
+
 def mask_words(ids, batch, chosen, mask_token_id: int):
     """ids int [B, T] with every wordpiece of the ``chosen`` words (bool [B, L]) replaced by
     ``mask_token_id``; a word spans ``word_index`` to ``word_end_index`` (inclusive)."""
@@ -349,8 +355,7 @@ class JointModel(nn.Module):
             casing = self.casing_embedding(batch["word_casing"]).astype(words.dtype)
             words = jnp.concatenate([words, casing], axis=-1)
         if self.word_lstm_dim:
-            segment = batch.get("word_segment", batch["word_mask"].astype(jnp.int32))
-            words = self.word_lstm(words.astype(jnp.float32), segment)
+            words = self.word_lstm(words.astype(jnp.float32), word_segments(batch))
             words = self.dropout(words.astype(self.dtype), deterministic=deterministic)
         return words, context
 
@@ -382,8 +387,7 @@ class JointModel(nn.Module):
         words, context = self.words(self.encoder, batch, deterministic)
         out = {}
         if self.method != "re":
-            segment = batch.get("word_segment", batch["word_mask"].astype(jnp.int32))
-            out["ner_logits"] = self.ner(words, deterministic, context, segment)
+            out["ner_logits"] = self.ner(words, deterministic, context, word_segments(batch))
         if self.method == "pipeline":
             out["pair_words"], _ = self.words(self.re_encoder, batch, deterministic)
         elif self.method != "ner":

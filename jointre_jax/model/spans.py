@@ -99,8 +99,7 @@ class SpanScorer(nn.Module):
         pools, pooled = [], words
         for w in range(widths):  # pooled[:, i] = max(words[i .. i + w]); past L: padding
             if w:
-                shifted = jnp.pad(words[:, w:], ((0, 0), (0, w), (0, 0)))
-                pooled = jnp.maximum(pooled, shifted)
+                pooled = jnp.maximum(pooled, shift(words, w, 1))
             pools.append(pooled)
         pools = jnp.stack(pools, axis=2)  # [B, L, W, D]
         embedding = nn.Embed(self.max_width, self.width_embedding_dim, name="width_embedding")
@@ -130,8 +129,10 @@ class SpanScorer(nn.Module):
         valid = valid.astype(grid.dtype)
         grid = nn.gelu(grid) * valid
         # Offset di reads the spans that start di words away, from the same segment only.
-        same = {di: (shift(segment, di, 1) == segment)[:, :, None, None] for di in (-1, 1)}
-        same = {di: m.astype(grid.dtype) for di, m in same.items()}
+        same = {
+            di: (shift(segment, di, 1) == segment)[:, :, None, None].astype(grid.dtype)
+            for di in (-1, 1)
+        }
         for k in range(self.conv_layers):
             rows = {di: shift(grid, di, 1) * same[di] if di else grid for di in (-1, 0, 1)}
             patches = [shift(rows[di], dw, 2) for di in (-1, 0, 1) for dw in (-1, 0, 1)]
