@@ -124,15 +124,19 @@ def test_adversarial_step_adds_the_gradient_at_the_moved_embeddings(tmp_path, de
             value += consistency * jnp.sum(kl * mask) / jnp.sum(mask)
         return value, logits
 
-    clean, logits = jax.grad(loss, has_aux=True)(state.params, key)
+    # The reference is compiled too: op by op, the backward pass of even the tiny model takes
+    # minutes on a 2-core CI machine.
+    grad = jax.jit(jax.grad(loss, has_aux=True))
+    apply = jax.jit(lambda state, grads: state.apply_gradients(grads=grads))
+    clean, logits = grad(state.params, key)
     table = clean["encoder"]["embeddings"]["word_embeddings"]["embedding"]
     moved = jax.tree.map(lambda x: x, state.params)
     words = moved["encoder"]["embeddings"]["word_embeddings"]
     words["embedding"] = words["embedding"] + epsilon * table / jnp.linalg.norm(table)
     reference = logits if consistency else None
-    adversarial, _ = jax.grad(loss, has_aux=True)(moved, jax.random.fold_in(key, 1), reference)
-    expected = state.apply_gradients(grads=jax.tree.map(jnp.add, clean, adversarial))
-    plain = state.apply_gradients(grads=clean)
+    adversarial, _ = grad(moved, jax.random.fold_in(key, 1), reference)
+    expected = apply(state, jax.tree.map(jnp.add, clean, adversarial))
+    plain = apply(state, clean)
     step = jax.jit(runtime.train_step, static_argnames="options")
     adv_options = dataclasses.replace(
         options, adversarial_epsilon=epsilon, adversarial_consistency=consistency
