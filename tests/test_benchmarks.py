@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -32,7 +33,9 @@ def test_matmul_flops_of_bert_base_are_about_67_gflop_per_sequence(tmp_path):
 def test_throughput_reports_every_figure(tmp_path, with_torch, packing):
     config = tiny_train_config(tmp_path, packing=packing)
     config.data.bucket_boundaries = (8, 16, 128)
+    before = time.time() - throughput.process_start()
     results = throughput.run(config, 2, 2, 1, 1, with_torch=with_torch, fixed=True)
+    after = time.time() - throughput.process_start()
     data = load_split(config, "train", progress=False)
     batcher = Batcher(data.examples, (8, 16, 128), 4)
     buckets = {p.length for p in throughput.sample_batches(batcher, batcher.epoch_plan(0), 2)}
@@ -51,7 +54,8 @@ def test_throughput_reports_every_figure(tmp_path, with_torch, packing):
     else:
         assert "packing" not in results
     compile_ = results["compile"]
-    assert 0 < compile_["first_step_seconds"] < 600  # from process start, jax import included
+    # From process start (jax import included): a pytest worker's start, so bounded by the call.
+    assert before < compile_["first_step_seconds"] < after
     assert compile_["total_seconds"] >= compile_["train_seconds"] > 0
     assert 0 < results["bucketing"]["fixed_real_token_fraction"] < 1
     assert (
@@ -108,9 +112,13 @@ def test_epoch_speed_times_an_epoch_plan_with_its_compilations(tmp_path, packing
     from benchmarks import epoch_speed
 
     config = tiny_train_config(tmp_path, packing=packing)
+    before = time.time() - throughput.process_start()
     result = epoch_speed.one_epoch(config, steps=0)
+    after = time.time() - throughput.process_start()
     data = load_split(config, "train", progress=False)
     assert result["criteria"] == len(data.examples)  # the whole epoch, every criterion once
     assert result["train_shapes"] == (1 if packing else len(result["row_length"]))
-    assert 0 < result["first_step_seconds"] < 600
+    # From process start, here a pytest worker's (not a fresh process's): bounded by the call,
+    # whatever ran in this worker before.
+    assert before < result["first_step_seconds"] < after
     assert result["criteria_per_s"] == pytest.approx(result["criteria"] / result["epoch_seconds"])
