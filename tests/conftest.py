@@ -8,10 +8,9 @@ import pathlib
 
 # XLA's backend optimisation is off: the suite is dominated by compiling many small models
 # (about half the compile time goes; the arithmetic is the same IEEE ops, without fast-math
-# either way). Subprocesses of the tests inherit both flags.
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
-)
+# either way). Subprocesses inherit both flags; default_optimisation_env drops this one.
+UNOPTIMISED = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {UNOPTIMISED}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests compile the same tiny models again and again: a persistent cache makes repeats cheap.
 os.environ.setdefault(
@@ -31,6 +30,14 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED = pathlib.Path(os.environ.get("JOINTRE_SHARED", REPO.parent / "shared"))
 CHIA_DIR = pathlib.Path(os.environ.get("JOINTRE_DATA_DIR", SHARED / "data" / "chia"))
 MINILM_DIR = pathlib.Path(os.environ.get("JOINTRE_ENCODER", SHARED / "models" / "all-MiniLM-L6-v2"))
+
+
+def default_optimisation_env(**extra: str) -> dict[str, str]:
+    """``os.environ`` plus ``extra`` for a subprocess that mostly runs steps rather than
+    compiling: the suite's XLA flags less the one that turns optimisation off."""
+    flags = os.environ.get("XLA_FLAGS", "").replace(UNOPTIMISED, "").strip()
+    return {**os.environ, **extra, "XLA_FLAGS": flags}
+
 
 needs_chia = pytest.mark.skipif(
     not (CHIA_DIR / "brat").is_dir() or not (MINILM_DIR / "config.json").is_file(),

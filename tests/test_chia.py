@@ -16,7 +16,7 @@ from configs import minilm_m2
 from jointre_jax.data.batching import Batcher, padding_stats
 from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.labels import BioScheme
-from tests.conftest import CHIA_DIR, MINILM_DIR, REPO, needs_chia
+from tests.conftest import CHIA_DIR, MINILM_DIR, REPO, default_optimisation_env, needs_chia
 
 pytestmark = needs_chia
 SPLITS = ("train", "dev", "test")
@@ -152,7 +152,7 @@ def test_tiny_training_run_on_chia_raises_scores(tmp_path):
     command = [sys.executable, "-m", "jointre_jax.main", "--config=configs/minilm_m2.py",
                f"--workdir={tmp_path / 'run'}"]  # fmt: skip
     command += [f"--config.{key}={value}" for key, value in overrides.items()]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = default_optimisation_env()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

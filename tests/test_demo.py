@@ -1,6 +1,5 @@
 """The demo's fallback: the shipped sample corpus and tiny encoder, and one short demo run."""
 
-import os
 import re
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 from configs import default
 from jointre_jax.data.report import build_report
 from jointre_jax.data.sample import read_markup, write_sample_corpus, write_tiny_encoder
-from tests.conftest import REPO
+from tests.conftest import REPO, default_optimisation_env
 
 
 def test_sample_corpus_reads_back_losslessly(tmp_path):
@@ -35,8 +34,7 @@ def test_markup_errors_name_the_line():
 
 def test_demo_runs_on_the_shipped_sample_without_shared(tmp_path):
     # 15 epochs: XLA's default optimisation, not the suite's (tests/conftest.py), is the faster.
-    env = {**os.environ, "JOINTRE_DATA_DIR": str(tmp_path / "absent"), "PYTHONPATH": str(REPO),
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}  # fmt: skip
+    env = default_optimisation_env(JOINTRE_DATA_DIR=str(tmp_path / "absent"), PYTHONPATH=str(REPO))
     out = subprocess.run(
         [sys.executable, "-m", "jointre_jax.demo", "--config=configs/demo.py",
          "--config.num_epochs=15", f"--workdir={tmp_path / 'demo'}", "--show=2"],
