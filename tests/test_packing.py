@@ -137,6 +137,7 @@ def test_a_packed_example_gets_its_logits_and_losses_alone(tmp_path, decoder, op
     options = LossOptions(encoder.scheme, negatives, "gold", boundary_smoothing=smoothing)
     tables = (options.re_table, "predicted")
 
+    @jax.jit  # one compilation per batch shape: the row and each example alone share theirs
     def run(b):
         out = model.apply({"params": params}, b, label_source="gold", tables=tables)
         return out, loss_terms(out, b, options)
