@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
@@ -53,8 +53,8 @@ class BertConfig:
             raise ValueError(f"model_type {model_type!r} is not a BERT encoder")
         if values.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError("only absolute position embeddings are supported")
-        if values.get("hidden_act", "gelu") not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act {values['hidden_act']!r} not in {sorted(_ACTIVATIONS)}")
+        if values.get("hidden_act", "gelu") not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {values['hidden_act']!r} not in {sorted(ACTIVATIONS)}")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -137,7 +137,7 @@ class BertIntermediate(_BertModule):
     @nn.compact
     def __call__(self, hidden):
         c = self.config
-        return _ACTIVATIONS[c.hidden_act](
+        return ACTIVATIONS[c.hidden_act](
             _dense(c.intermediate_size, c, self.dtype, "dense")(hidden)
         )
 

@@ -1,0 +1,343 @@
+"""Task-adaptive pretraining of the encoder: masked-LM training on the train split's text.
+
+Gururangan et al. (2020, "Don't stop pretraining") continue an encoder's pre-training
+objective on the unlabelled text of the task's own training set before fine-tuning it. Here
+the text is the train split's criteria exactly as training reads them (the config's data,
+tokenizer and packed rows; no labels, and no dev or test text), and the objective is
+whole-word masked language modelling: in each row about ``rate`` of the real wordpieces are
+predicted, whole words at a time (a word is the project's word: ``word_index`` to
+``word_end_index``), 80% of them replaced by [MASK], 10% by a random wordpiece, 10% kept.
+
+The masked-LM head is BERT's (a dense layer, the activation and a LayerNorm, then the word
+embedding table, transposed, and a bias). Encoders shipped without one (sentence-transformer
+models such as the MiniLM) get a fresh head; ``head_steps`` steps train it alone, the encoder
+frozen, before both train together. The result is a folder that ``config.model.encoder`` can
+name: ``flax_model.msgpack`` (FlaxBertModel's layout), the source's ``config.json`` and
+tokenizer files, and ``adaptation.json`` (what was done, with the losses).
+
+The loop is the training loop's in small, on one device: a jitted, pure
+:func:`adaptation_step` with the state donated, a deterministic plan per (seed, epoch) and
+masks per (seed, step), orbax checkpoints every ``checkpoint_every`` steps and at each
+epoch's end (with the settings: another schedule never resumes them), so a killed run
+resumes at its step and ends with the same encoder; ``metrics.jsonl`` gets a line per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+from flax.training import train_state
+from tqdm.auto import tqdm
+
+from jointre_jax import runtime
+from jointre_jax.checkpoints import checkpoint_manager, restore_latest, save
+from jointre_jax.data.corpus import load_split, make_encoder
+from jointre_jax.data.packing import PackedBatcher, mean_length, row_length, rows_for
+from jointre_jax.errors import UserError
+from jointre_jax.model.bert import ACTIVATIONS, BertConfig, BertModel
+from jointre_jax.model.pretrained import load_weights, merge_pretrained
+
+TOKENIZER_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
+
+
+class MaskedLM(nn.Module):
+    """BERT with its masked-LM head, scoring chosen positions only.
+
+    ``batch``: ``input_ids`` int [B, T], ``input_mask`` bool [B, T], optionally the packed
+    rows' ``segment_ids`` and ``position_ids`` [B, T], and ``target_index`` int [B, M]: the
+    positions to score. Returns logits [B, M, vocab] (float32).
+    """
+
+    config: BertConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, batch: dict, deterministic: bool = True):
+        c = self.config
+        encoder = BertModel(c, self.dtype, name="encoder")
+        packing = {k: batch.get(k) for k in ("segment_ids", "position_ids")}
+        hidden = encoder(
+            batch["input_ids"], batch["input_mask"], deterministic=deterministic, **packing
+        )
+        chosen = jnp.take_along_axis(hidden, batch["target_index"][..., None], axis=1)
+        chosen = nn.Dense(c.hidden_size, dtype=self.dtype, name="transform")(chosen)
+        chosen = ACTIVATIONS[c.hidden_act](chosen)
+        chosen = nn.LayerNorm(c.layer_norm_eps, dtype=self.dtype, name="transform_norm")(chosen)
+        table = encoder.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
+        bias = self.param("output_bias", nn.initializers.zeros, (c.vocab_size,), jnp.float32)
+        logits = jnp.einsum("bmd,vd->bmv", chosen, table.astype(self.dtype))
+        return logits.astype(jnp.float32) + bias
+
+
+def choose_targets(
+    batch: dict, rng: np.random.Generator, rate: float, targets: int, vocab_size: int, mask_id: int
+) -> dict:
+    """The masked copy of a host batch, with the positions to predict (whole words).
+
+    In each row, words are taken in a random order while the wordpieces taken stay within
+    ``round(rate * real wordpieces)`` (at least one word, if the row has any) and ``targets``;
+    each taken wordpiece becomes [MASK] (80%), a random wordpiece (10%) or stays (10%).
+
+    Returns a dict with ``input_ids`` (masked), ``input_mask``, ``segment_ids``,
+    ``position_ids``, ``target_index`` and ``target_ids`` int [B, targets] and
+    ``target_weight`` float [B, targets] (1 at a real target).
+    """
+    ids = np.array(batch["input_ids"], copy=True)
+    rows = ids.shape[0]
+    index = np.zeros((rows, targets), np.int32)
+    wanted = np.zeros((rows, targets), np.int32)
+    weight = np.zeros((rows, targets), np.float32)
+    for r in range(rows):
+        words = np.flatnonzero(batch["word_mask"][r])
+        budget = min(targets, int(round(rate * int(batch["input_mask"][r].sum()))))
+        taken: list[int] = []
+        for w in rng.permutation(words):
+            first, last = int(batch["word_index"][r, w]), int(batch["word_end_index"][r, w])
+            size = last - first + 1
+            if len(taken) + size > max(budget, size if not taken else 0):
+                continue
+            taken.extend(range(first, last + 1))
+        taken = taken[:targets]
+        n = len(taken)
+        index[r, :n], wanted[r, :n], weight[r, :n] = taken, ids[r, taken], 1.0
+        draw = rng.random(n)
+        swap = rng.integers(0, vocab_size, n)
+        ids[r, taken] = np.where(draw < 0.8, mask_id, np.where(draw < 0.9, swap, ids[r, taken]))
+    out = {k: batch[k] for k in ("input_mask", "segment_ids", "position_ids")}
+    return {
+        **out,
+        "input_ids": ids,
+        "target_index": index,
+        "target_ids": wanted,
+        "target_weight": weight,
+    }
+
+
+def masked_lm_loss(logits, batch: dict):
+    """(sum of the targets' cross-entropies, number of targets): logits [B, M, V]."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["target_ids"])
+    return jnp.sum(losses * batch["target_weight"]), jnp.sum(batch["target_weight"])
+
+
+def adaptation_step(state: train_state.TrainState, batch: dict, rng, *, head_steps: int):
+    """One optimiser step on the mean masked-LM loss of ``batch``; before ``head_steps``
+    steps only the head moves (the encoder's gradients and updates are zero)."""
+    dropout = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+        logits = state.apply_fn(
+            {"params": params}, batch, deterministic=False, rngs={"dropout": dropout}
+        )
+        total, count = masked_lm_loss(logits, batch)
+        return total / jnp.maximum(count, 1.0), (total, count)
+
+    grads, (total, count) = jax.grad(loss_fn, has_aux=True)(state.params)
+    frozen = state.step < head_steps
+    grads = {
+        **grads,
+        "encoder": jax.tree.map(lambda g: jnp.where(frozen, 0.0, g), grads["encoder"]),
+    }
+    new = state.apply_gradients(grads=grads)
+    params = {
+        **new.params,
+        "encoder": jax.tree.map(
+            lambda a, b: jnp.where(frozen, a, b), state.params["encoder"], new.params["encoder"]
+        ),
+    }
+    return new.replace(params=params), {"loss_sum": total, "targets": count}
+
+
+def adapt_encoder(
+    config,
+    out: pathlib.Path,
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int = 32,
+    rate: float = 0.15,
+    head_steps: int = 200,
+    warmup: float = 0.06,
+    weight_decay: float = 0.01,
+    checkpoint_every: int = 500,
+) -> dict:
+    """Adapts ``config.model.encoder`` to the text of ``config.data.train_split`` (see the
+    module docstring) and writes the adapted encoder's folder to ``out``; returns the
+    summary written to ``out/adaptation.json``. ``batch_size``: criteria per step (about)."""
+    out = pathlib.Path(out)
+    encoder = make_encoder(config)
+    data = load_split(config, config.data.train_split, encoder)
+    bert, weights_dir = runtime.encoder_config(config)
+    if weights_dir is None:
+        raise UserError(
+            f"adapting {config.model.encoder} needs its pre-trained weights: "
+            "config.model.pretrained is False"
+        )
+    length = row_length(config)
+    rows = rows_for(batch_size, mean_length(data.examples), length)
+    batcher = PackedBatcher(data.examples, length, rows, int(config.seed), encoder.scheme)
+    steps_per_epoch = batcher.steps_per_epoch()
+    total_steps = steps_per_epoch * epochs
+    targets = max(1, int(np.ceil(rate * length)))
+    tokenizer = encoder.tokenizer
+    if tokenizer.mask_token_id is None:
+        raise UserError(f"the tokenizer of {config.model.encoder} has no mask token to train with")
+
+    model = MaskedLM(bert)
+    dummy = {
+        "input_ids": np.zeros((1, 8), np.int32),
+        "input_mask": np.ones((1, 8), bool),
+        "target_index": np.zeros((1, 2), np.int32),
+    }
+    params = jax.jit(model.init)(jax.random.key(int(config.seed)), dummy)["params"]
+    weights = load_weights(weights_dir)
+    params = merge_pretrained(params, weights, prefix=("encoder",))
+    head = pretrained_head(weights_dir)
+    if head is not None:
+        params = {**params, **head}
+    warm = max(1, int(warmup * total_steps))
+    rise = optax.linear_schedule(0.0, learning_rate, warm)
+    schedule = optax.join_schedules(
+        [rise, optax.linear_schedule(learning_rate, 0.0, max(1, total_steps - warm))], [warm]
+    )
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=weight_decay)
+    )
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    step_fn = jax.jit(adaptation_step, static_argnames="head_steps", donate_argnums=0)
+    settings = {
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "rows_per_step": rows,
+        "mask_rate": rate,
+        "head_steps": head_steps,
+        "seed": int(config.seed),
+    }
+    resumed, carried = restore_latest(out / "checkpoints", state), None
+    if resumed is not None:
+        state, meta = resumed
+        if meta.get("settings") != settings:  # another schedule: not a resumption
+            raise UserError(
+                f"{out} holds an adaptation with other settings ({meta.get('settings')}); "
+                f"give another --out, or the same settings ({settings})"
+            )
+        carried = meta.get("epoch_sums")  # of the epoch the step falls in
+    manager = checkpoint_manager(out / "checkpoints", keep=2)
+    rng = jax.random.key(int(config.seed) + 1)
+    step = int(state.step)
+    log_path = out / "metrics.jsonl"
+    _truncate_log(log_path, step // steps_per_epoch)
+    for epoch in range(step // steps_per_epoch, epochs):
+        plan = batcher.epoch_plan(epoch)
+        offset = step - epoch * steps_per_epoch
+        sums = np.array(carried if offset and carried else (0.0, 0.0), np.float64)
+        started = time.time()
+        bar = tqdm(total=steps_per_epoch, initial=offset, desc=f"adapt {epoch + 1}/{epochs}")
+        for host in batcher.iterate(plan, start_step=offset):
+            masks = np.random.default_rng([int(config.seed), 11, step])
+            batch = choose_targets(
+                host, masks, rate, targets, bert.vocab_size, int(tokenizer.mask_token_id)
+            )
+            state, metrics = step_fn(state, batch, rng, head_steps=head_steps)
+            values = jax.device_get(metrics)
+            sums += (float(values["loss_sum"]), float(values["targets"]))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums[0] / max(sums[1], 1):.3f}", refresh=False)
+            if checkpoint_every and step % checkpoint_every == 0 and step % steps_per_epoch:
+                save(manager, step, state, {"epoch_sums": sums.tolist(), "settings": settings})
+        bar.close()
+        save(manager, step, state, {"epoch_sums": [0.0, 0.0], "settings": settings})
+        record = {
+            "epoch": epoch + 1,
+            "step": step,
+            "seconds": round(time.time() - started, 1),
+            "masked_lm_loss": sums[0] / max(sums[1], 1),
+        }
+        with log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+    summary = {
+        "source": str(config.model.encoder),
+        "corpus": str(config.data.dir),
+        "split": str(config.data.train_split),
+        "criteria": len(data.examples),
+        "epochs": epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "steps": step,
+        "learning_rate": learning_rate,
+        "criteria_per_step": batch_size,
+        "rows_per_step": rows,
+        "mask_rate": rate,
+        "head_steps": head_steps,
+        "fresh_head": head is None,
+        "seed": int(config.seed),
+        "epoch_losses": [
+            json.loads(x)["masked_lm_loss"] for x in log_path.read_text().splitlines() if x.strip()
+        ],
+    }
+    export_encoder(state.params["encoder"], weights_dir, out, summary)
+    return summary
+
+
+def _truncate_log(path: pathlib.Path, completed_epochs: int) -> None:
+    """Keeps the lines of the epochs the restored state has completed."""
+    if path.exists():
+        lines = [x for x in path.read_text().splitlines() if x.strip()]
+        kept = [x for x in lines if json.loads(x)["epoch"] <= completed_epochs]
+        path.write_text("".join(x + "\n" for x in kept))
+
+
+def pretrained_head(directory: pathlib.Path) -> dict | None:
+    """BERT's masked-LM head (``cls.predictions``) of ``directory/model.safetensors`` in
+    :class:`MaskedLM`'s layout, or None when there is none (a sentence-transformer model, or
+    weights in another file): the head then starts fresh."""
+    path = pathlib.Path(directory) / "model.safetensors"
+    if not path.exists():
+        return None
+    from safetensors.numpy import load_file
+
+    raw, p = load_file(str(path)), "cls.predictions."
+    if p + "transform.dense.weight" not in raw:
+        return None
+    norm = {k: raw.get(f"{p}transform.LayerNorm.{k}") for k in ("weight", "gamma", "bias", "beta")}
+    return {
+        "transform": {
+            "kernel": raw[p + "transform.dense.weight"].T,
+            "bias": raw[p + "transform.dense.bias"],
+        },
+        "transform_norm": {
+            "scale": norm["weight"] if norm["weight"] is not None else norm["gamma"],
+            "bias": norm["bias"] if norm["bias"] is not None else norm["beta"],
+        },
+        "output_bias": raw[p + "bias"],
+    }
+
+
+def export_encoder(
+    encoder_params: dict, source: pathlib.Path, out: pathlib.Path, summary: dict
+) -> None:
+    """Writes an encoder folder that ``config.model.encoder`` can name: the parameters as
+    ``flax_model.msgpack`` (FlaxBertModel's layout), ``source``'s config.json and tokenizer
+    files, and ``summary`` as ``adaptation.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    tree = jax.tree.map(np.asarray, jax.device_get(encoder_params))
+    (out / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(tree))
+    for name in ("config.json", *TOKENIZER_FILES):
+        if (pathlib.Path(source) / name).exists():
+            shutil.copy(pathlib.Path(source) / name, out / name)
+    (out / "adaptation.json").write_text(json.dumps(summary, indent=1))
