@@ -139,38 +139,11 @@ def flat(tree) -> dict:
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
 
 
-def test_adapting_lowers_the_loss_and_exports_an_encoder_folder(tmp_path):
-    config, source = adapt_config(tmp_path)
-    out = tmp_path / "adapted"
-    summary = adapt_encoder(
-        config, out, epochs=12, learning_rate=3e-3, batch_size=2, rate=0.3, head_steps=2
-    )
-    losses = summary["epoch_losses"]
-    assert len(losses) == 12 and losses[-1] < 0.8 * losses[0], losses
-    assert summary["fresh_head"] and summary["steps"] == 12 * summary["steps_per_epoch"] > 12
-    assert json.loads((out / "adaptation.json").read_text()) == summary
-    for name in ("config.json", "vocab.txt"):
-        assert (out / name).read_bytes() == (pathlib.Path(config.model.encoder) / name).read_bytes()
-    adapted, before = load_weights(out), flat(source)
-    assert adapted.keys() == before.keys()  # an encoder folder: FlaxBertModel's layout
-    assert any(not np.allclose(adapted[k], before[k]) for k in before)  # the encoder moved
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [x["epoch"] for x in lines] == list(range(1, 13))
-    # The folder is an encoder for training: its tokenizer reads the corpus, its weights fill
-    # the joint model's encoder.
-    config.model.encoder = str(out)
-    _, _, model = tiny_model(config)
-    abstract = jax.eval_shape(functools.partial(runtime.init_params, model), jax.random.key(0))
-    merged = flat(merge_pretrained(abstract, adapted)["encoder"])
-    assert merged.keys() == adapted.keys()
-    assert all(np.array_equal(merged[k], adapted[k]) for k in adapted)
-
-
 def test_the_encoder_stays_frozen_while_a_fresh_head_learns(tmp_path):
     config, source = adapt_config(tmp_path)
     out = tmp_path / "adapted"
     summary = adapt_encoder(
-        config, out, epochs=2, learning_rate=3e-3, batch_size=2, head_steps=10_000
+        config, out, epochs=1, learning_rate=3e-3, batch_size=2, head_steps=10_000
     )
     assert summary["steps"] > 0
     adapted, before = load_weights(out), flat(source)
@@ -204,21 +177,50 @@ def test_a_killed_adaptation_resumes_to_the_same_encoder(tmp_path, monkeypatch):
         adapt_encoder(config, tmp_path / "killed", **{**kwargs, "epochs": 4})
 
 
-def test_the_cli_adapts_and_a_user_error_is_one_line(tmp_path):
-    config, _ = adapt_config(tmp_path)
-    flags = ["--config=configs/default.py", *override_flags(config), "--epochs=2"]
-    run = lambda *extra: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "jointre_jax.adapt", *flags, *extra],
+def test_the_cli_adapts_lowers_the_loss_and_exports_an_encoder_folder(tmp_path):
+    config, source = adapt_config(tmp_path)
+    out = tmp_path / "adapted"
+    flags = [
+        "--config=configs/default.py",
+        *override_flags(config),
+        f"--out={out}",
+        "--epochs=12",
+        "--learning_rate=3e-3",
+        "--batch_size=2",
+        "--mask_rate=0.3",
+        "--head_steps=2",
+        "--config.data.pack_length=12",  # the tiny config's rows: several steps an epoch
+        "--config.data.max_length=12",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "jointre_jax.adapt", *flags],
         cwd=pathlib.Path(__file__).parents[1],
         capture_output=True,
         text=True,
         timeout=600,
     )
-    done = run(f"--out={tmp_path / 'cli'}")
     assert done.returncode == 0, done.stderr[-3000:]
     printed = json.loads(done.stdout.strip().splitlines()[-1])
-    assert printed["out"] == str(tmp_path / "cli") and len(printed["epoch_losses"]) == 2
-    assert (tmp_path / "cli" / "flax_model.msgpack").is_file()
-    bad = run(f"--out={tmp_path / 'bad'}", "--config.model.pretrained=False")
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip().splitlines()[-1].startswith("adapt: adapting ")
+    summary = json.loads((out / "adaptation.json").read_text())
+    losses = summary["epoch_losses"]
+    assert printed["out"] == str(out) and printed["steps"] == summary["steps"]
+    assert len(losses) == 12 and losses[-1] < 0.8 * losses[0], losses
+    assert summary["fresh_head"] and summary["steps"] == 12 * summary["steps_per_epoch"] > 12
+    for name in ("config.json", "vocab.txt"):
+        assert (out / name).read_bytes() == (pathlib.Path(config.model.encoder) / name).read_bytes()
+    adapted, before = load_weights(out), flat(source)
+    assert adapted.keys() == before.keys()  # an encoder folder: FlaxBertModel's layout
+    assert any(not np.allclose(adapted[k], before[k]) for k in before)  # the encoder moved
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == list(range(1, 13))
+    # The folder is an encoder for training: its tokenizer reads the corpus, its weights fill
+    # the joint model's encoder.
+    config.model.encoder = str(out)
+    _, _, model = tiny_model(config)
+    abstract = jax.eval_shape(functools.partial(runtime.init_params, model), jax.random.key(0))
+    merged = flat(merge_pretrained(abstract, adapted)["encoder"])
+    assert merged.keys() == adapted.keys()
+    assert all(np.array_equal(merged[k], adapted[k]) for k in adapted)
+    config.model.pretrained = False  # a user error (cli.run prints it as one line)
+    with pytest.raises(UserError, match="needs its pre-trained weights"):
+        adapt_encoder(config, tmp_path / "bad", epochs=1, learning_rate=1e-3)
