@@ -221,6 +221,8 @@ def adapt_encoder(
     state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     step_fn = jax.jit(adaptation_step, static_argnames="head_steps", donate_argnums=0)
     settings = {
+        "source": str(config.model.encoder),
+        "corpus": str(config.data.dir),
         "epochs": epochs,
         "learning_rate": learning_rate,
         "rows_per_step": rows,
