@@ -76,7 +76,10 @@ class MaskedLM(nn.Module):
             batch["input_ids"], batch["input_mask"], deterministic=deterministic, **packing
         )
         chosen = jnp.take_along_axis(hidden, batch["target_index"][..., None], axis=1)
-        chosen = nn.Dense(c.hidden_size, dtype=self.dtype, name="transform")(chosen)
+        init = nn.initializers.normal(c.initializer_range)  # BERT's, as for a fresh head there
+        chosen = nn.Dense(c.hidden_size, dtype=self.dtype, kernel_init=init, name="transform")(
+            chosen
+        )
         chosen = ACTIVATIONS[c.hidden_act](chosen)
         chosen = nn.LayerNorm(c.layer_norm_eps, dtype=self.dtype, name="transform_norm")(chosen)
         table = encoder.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
