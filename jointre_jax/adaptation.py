@@ -45,6 +45,7 @@ from jointre_jax.data.packing import PackedBatcher, mean_length, row_length, row
 from jointre_jax.errors import UserError
 from jointre_jax.model.bert import ACTIVATIONS, BertConfig, BertModel
 from jointre_jax.model.pretrained import load_weights, merge_pretrained
+from jointre_jax.train import truncate_log
 
 TOKENIZER_FILES = (
     "vocab.txt",
@@ -246,7 +247,7 @@ def adapt_encoder(
     rng = jax.random.key(int(config.seed) + 1)
     step = int(state.step)
     log_path = out / "metrics.jsonl"
-    _truncate_log(log_path, step // steps_per_epoch)
+    truncate_log(log_path, step // steps_per_epoch)
     for epoch in range(step // steps_per_epoch, epochs):
         plan = batcher.epoch_plan(epoch)
         offset = step - epoch * steps_per_epoch
@@ -297,14 +298,6 @@ def adapt_encoder(
     }
     export_encoder(state.params["encoder"], weights_dir, out, summary)
     return summary
-
-
-def _truncate_log(path: pathlib.Path, completed_epochs: int) -> None:
-    """Keeps the lines of the epochs the restored state has completed."""
-    if path.exists():
-        lines = [x for x in path.read_text().splitlines() if x.strip()]
-        kept = [x for x in lines if json.loads(x)["epoch"] <= completed_epochs]
-        path.write_text("".join(x + "\n" for x in kept))
 
 
 def pretrained_head(directory: pathlib.Path) -> dict | None:

@@ -117,7 +117,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ahead = _compile_ahead(batcher, start_epoch, step, predictor, dev_data, state, train, rng)
     writer = _tensorboard(workdir, is_main)
     if is_main:  # keep the lines of the epochs the restored state has completed
-        _truncate_log(log_path, start_epoch)
+        truncate_log(log_path, start_epoch)
     if step == 0 and config.eval_before_training:  # the baseline the scores rise from
         ahead.wait()
         initial = scores(dev_data, "dev (initial)")
@@ -222,7 +222,7 @@ def _tensorboard(workdir: pathlib.Path, is_main: bool):
     return SummaryWriter(str(workdir / "tensorboard"))
 
 
-def _truncate_log(path: pathlib.Path, completed_epochs: int) -> None:
+def truncate_log(path: pathlib.Path, completed_epochs: int) -> None:
     """Drops lines of epochs after ``completed_epochs`` (written before a kill)."""
     if path.exists():
         lines = [x for x in path.read_text().splitlines() if x.strip()]
