@@ -214,11 +214,7 @@ def adapt_encoder(
     head = pretrained_head(weights_dir)
     if head is not None:
         params = {**params, **head}
-    warm = max(1, int(warmup * total_steps))
-    rise = optax.linear_schedule(0.0, learning_rate, warm)
-    schedule = optax.join_schedules(
-        [rise, optax.linear_schedule(learning_rate, 0.0, max(1, total_steps - warm))], [warm]
-    )
+    schedule = runtime.warmup_linear_decay(learning_rate, total_steps, warmup)
     tx = optax.chain(
         optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=weight_decay)
     )

@@ -328,6 +328,19 @@ def encoder_depth(path: tuple[str, ...], num_layers: int) -> int:
     return num_layers
 
 
+def warmup_linear_decay(peak: float, total_steps: int, warmup_fraction: float):
+    """The learning rate: linear from 0 to ``peak`` over ``warmup_fraction`` of
+    ``total_steps`` (at least one step), then linear to 0 at ``total_steps``."""
+    warmup = max(int(warmup_fraction * total_steps), 1)
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, peak, warmup),
+            optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1)),
+        ],
+        [warmup],
+    )
+
+
 def create_optimizer(config, total_steps: int, num_layers: int = 0) -> optax.GradientTransformation:
     """AdamW, linear warmup over ``warmup_fraction`` of the steps, then linear decay to 0.
 
@@ -337,16 +350,10 @@ def create_optimizer(config, total_steps: int, num_layers: int = 0) -> optax.Gra
     ``num_layers``-layer encoder takes ``learning_rate * d ** (num_layers - k)``: the top
     layer the full rate, the embeddings the least.
     """
-    warmup = max(int(config.optim.warmup_fraction * total_steps), 1)
+    fraction = config.optim.warmup_fraction
 
     def adamw(peak):
-        schedule = optax.join_schedules(
-            [
-                optax.linear_schedule(0.0, peak, warmup),
-                optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1)),
-            ],
-            [warmup],
-        )
+        schedule = warmup_linear_decay(peak, total_steps, fraction)
         return optax.adamw(schedule, weight_decay=config.optim.weight_decay)
 
     peak = float(config.optim.learning_rate)
