@@ -15,15 +15,18 @@ frozen, before both train together. The result is a folder that ``config.model.e
 name: ``flax_model.msgpack`` (FlaxBertModel's layout), the source's ``config.json`` and
 tokenizer files, and ``adaptation.json`` (what was done, with the losses).
 
-The loop is the training loop's in small, on one device: a jitted, pure
-:func:`adaptation_step` with the state donated, a deterministic plan per (seed, epoch) and
-masks per (seed, step), orbax checkpoints every ``checkpoint_every`` steps and at each
-epoch's end (with the settings: another schedule never resumes them), so a killed run
-resumes at its step and ends with the same encoder; ``metrics.jsonl`` gets a line per epoch.
+The loop is the training loop's in small: the config's ``(data, fsdp)`` mesh
+(``config.num_devices``, ``config.sharding``; :mod:`jointre_jax.parallel`), each process
+building its own rows, a jitted, pure :func:`adaptation_step` with explicit shardings and the
+state donated, a deterministic plan per (seed, epoch) and masks per (seed, step, process),
+orbax checkpoints every ``checkpoint_every`` steps and at each epoch's end (with the settings:
+another schedule never resumes them), so a killed run resumes at its step and ends with the
+same encoder; ``metrics.jsonl`` gets a line per epoch.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import shutil
@@ -36,9 +39,10 @@ import numpy as np
 import optax
 from flax import serialization
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from jointre_jax import runtime
+from jointre_jax import parallel, runtime
 from jointre_jax.checkpoints import checkpoint_manager, restore_latest, save
 from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.data.packing import PackedBatcher, mean_length, row_length, rows_for
@@ -193,7 +197,9 @@ def adapt_encoder(
             "config.model.pretrained is False"
         )
     length = row_length(config)
-    rows = rows_for(batch_size, mean_length(data.examples), length)
+    devices = int(config.num_devices) or jax.device_count()
+    rows = rows_for(batch_size, mean_length(data.examples), length, devices)
+    mesh = parallel.make_mesh(config.num_devices, config.sharding.fsdp, (rows,))
     batcher = PackedBatcher(data.examples, length, rows, int(config.seed), encoder.scheme)
     steps_per_epoch = batcher.steps_per_epoch()
     total_steps = steps_per_epoch * epochs
@@ -218,8 +224,24 @@ def adapt_encoder(
     tx = optax.chain(
         optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=weight_decay)
     )
-    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-    step_fn = jax.jit(adaptation_step, static_argnames="head_steps", donate_argnums=0)
+
+    def new_state(params):  # a strict int32 step, as restored checkpoints have
+        state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+        return state.replace(step=jnp.zeros((), jnp.int32))
+
+    shardings = parallel.state_shardings(
+        jax.eval_shape(new_state, params), mesh, config.sharding.fsdp_min_size
+    )
+    state = jax.jit(new_state, out_shardings=shardings)(params)
+    step_fn = jax.jit(
+        functools.partial(adaptation_step, head_steps=head_steps),
+        in_shardings=(shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+        out_shardings=(shardings, parallel.replicated(mesh)),
+        donate_argnums=0,
+    )
+    batch_sharding = parallel.batch_sharding(mesh)
+    process, processes = jax.process_index(), jax.process_count()
+    is_main = process == 0
     settings = {
         "source": str(config.model.encoder),
         "corpus": str(config.data.dir),
@@ -243,19 +265,25 @@ def adapt_encoder(
     rng = jax.random.key(int(config.seed) + 1)
     step = int(state.step)
     log_path = out / "metrics.jsonl"
-    truncate_log(log_path, step // steps_per_epoch)
+    if is_main:
+        truncate_log(log_path, step // steps_per_epoch)
     for epoch in range(step // steps_per_epoch, epochs):
         plan = batcher.epoch_plan(epoch)
         offset = step - epoch * steps_per_epoch
         sums = np.array(carried if offset and carried else (0.0, 0.0), np.float64)
         started = time.time()
-        bar = tqdm(total=steps_per_epoch, initial=offset, desc=f"adapt {epoch + 1}/{epochs}")
-        for host in batcher.iterate(plan, start_step=offset):
-            masks = np.random.default_rng([int(config.seed), 11, step])
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=offset,
+            desc=f"adapt {epoch + 1}/{epochs}",
+            disable=not is_main,
+        )
+        for host in batcher.iterate(plan, process, processes, offset):  # this process's rows
+            masks = np.random.default_rng([int(config.seed), 11, step, process])
             batch = choose_targets(
                 host, masks, rate, targets, bert.vocab_size, int(tokenizer.mask_token_id)
             )
-            state, metrics = step_fn(state, batch, rng, head_steps=head_steps)
+            state, metrics = step_fn(state, parallel.global_batch(batch, batch_sharding), rng)
             values = jax.device_get(metrics)
             sums += (float(values["loss_sum"]), float(values["targets"]))
             step += 1
@@ -271,8 +299,9 @@ def adapt_encoder(
             "seconds": round(time.time() - started, 1),
             "masked_lm_loss": sums[0] / max(sums[1], 1),
         }
-        with log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if is_main:
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
     summary = {
         "source": str(config.model.encoder),
         "corpus": str(config.data.dir),
@@ -288,11 +317,16 @@ def adapt_encoder(
         "head_steps": head_steps,
         "fresh_head": head is None,
         "seed": int(config.seed),
-        "epoch_losses": [
+        "devices": mesh.size,
+        "epoch_losses": [  # the main process's log: every epoch, resumed ones too
             json.loads(x)["masked_lm_loss"] for x in log_path.read_text().splitlines() if x.strip()
-        ],
+        ]
+        if is_main
+        else [],
     }
-    export_encoder(state.params["encoder"], weights_dir, out, summary)
+    encoder_params = multihost_utils.process_allgather(state.params["encoder"], tiled=True)
+    if is_main:
+        export_encoder(encoder_params, weights_dir, out, summary)
     return summary
 
 
@@ -325,9 +359,9 @@ def pretrained_head(directory: pathlib.Path) -> dict | None:
 def export_encoder(
     encoder_params: dict, source: pathlib.Path, out: pathlib.Path, summary: dict
 ) -> None:
-    """Writes an encoder folder that ``config.model.encoder`` can name: the parameters as
-    ``flax_model.msgpack`` (FlaxBertModel's layout), ``source``'s config.json and tokenizer
-    files, and ``summary`` as ``adaptation.json``."""
+    """Writes an encoder folder that ``config.model.encoder`` can name: the parameters (whole
+    arrays on the host) as ``flax_model.msgpack`` (FlaxBertModel's layout), ``source``'s
+    config.json and tokenizer files, and ``summary`` as ``adaptation.json``."""
     out.mkdir(parents=True, exist_ok=True)
     tree = jax.tree.map(np.asarray, jax.device_get(encoder_params))
     (out / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(tree))

@@ -177,6 +177,24 @@ def test_a_killed_adaptation_resumes_to_the_same_encoder(tmp_path, monkeypatch):
         adapt_encoder(config, tmp_path / "killed", **{**kwargs, "epochs": 4})
 
 
+def test_the_adaptation_splits_its_rows_and_parameters_over_the_devices(tmp_path):
+    """One device, or two holding half the rows and half of every large array (FSDP): the same
+    steps, losses and encoder."""
+    config, _ = adapt_config(tmp_path)
+    kwargs = dict(epochs=2, learning_rate=3e-3, batch_size=4, head_steps=1)
+    one = adapt_encoder(config, tmp_path / "one", **kwargs)
+    config.num_devices, config.sharding.fsdp, config.sharding.fsdp_min_size = 2, 2, 256
+    two = adapt_encoder(config, tmp_path / "two", **kwargs)
+    assert (one["devices"], two["devices"]) == (1, 2)
+    assert two["rows_per_step"] == one["rows_per_step"] == 2  # the same batches, split
+    assert two["steps"] == one["steps"] > 2
+    assert two["epoch_losses"] == pytest.approx(one["epoch_losses"], rel=1e-5)
+    a, b = load_weights(tmp_path / "one"), load_weights(tmp_path / "two")
+    assert any(v.size >= 256 for v in a.values())  # some arrays were split
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-6, err_msg=str(key))
+
+
 def test_the_cli_adapts_lowers_the_loss_and_exports_an_encoder_folder(tmp_path):
     config, source = adapt_config(tmp_path)
     out = tmp_path / "adapted"
@@ -191,6 +209,7 @@ def test_the_cli_adapts_lowers_the_loss_and_exports_an_encoder_folder(tmp_path):
         "--head_steps=2",
         "--config.data.pack_length=12",  # the tiny config's rows: several steps an epoch
         "--config.data.max_length=12",
+        "--config.num_devices=1",  # rows of 4 devices would take the tiny split in one step
     ]
     done = subprocess.run(
         [sys.executable, "-m", "jointre_jax.adapt", *flags],
