@@ -21,7 +21,9 @@ building its own rows, a jitted, pure :func:`adaptation_step` with explicit shar
 state donated, a deterministic plan per (seed, epoch) and masks per (seed, step, process),
 orbax checkpoints every ``checkpoint_every`` steps and at each epoch's end (with the settings:
 another schedule never resumes them), so a killed run resumes at its step and ends with the
-same encoder; ``metrics.jsonl`` gets a line per epoch.
+same encoder; ``metrics.jsonl`` gets a line per epoch: the mean training loss and the
+held-out loss, that of the ``config.data.eval_split`` criteria (read, never trained on) with
+masks chosen once, the same for every epoch, seed and encoder (:func:`heldout_batches`).
 """
 
 from __future__ import annotations
@@ -143,6 +145,36 @@ def masked_lm_loss(logits, batch: dict):
     return jnp.sum(losses * batch["target_weight"]), jnp.sum(batch["target_weight"])
 
 
+def masked_lm_sums(params, batch: dict, *, apply_fn) -> dict:
+    """The held-out sums of ``batch`` (no dropout): ``loss_sum`` and ``targets``."""
+    total, count = masked_lm_loss(apply_fn({"params": params}, batch), batch)
+    return {"loss_sum": total, "targets": count}
+
+
+def heldout_batches(
+    config, encoder, length: int, rows: int, rate: float, targets: int, vocab_size: int
+) -> list[dict]:
+    """This process's rows of the masked held-out batches: the criteria of
+    ``config.data.eval_split`` packed in order, ``rows`` a batch, their targets chosen once by
+    :func:`choose_targets` from (batch, process) alone, so that every epoch, seed and adapted
+    encoder is scored on the same masks. Empty without an eval split."""
+    split = config.data.get("eval_split")
+    if not split:
+        return []
+    examples = load_split(config, split, encoder).examples
+    if not examples:
+        return []
+    batcher = PackedBatcher(examples, length, rows, 0, encoder.scheme)
+    process, mask_id = jax.process_index(), int(encoder.tokenizer.mask_token_id)
+    hosts = batcher.iterate(batcher.eval_plan(), process, jax.process_count())
+    return [
+        choose_targets(
+            host, np.random.default_rng([12, i, process]), rate, targets, vocab_size, mask_id
+        )
+        for i, host in enumerate(hosts)
+    ]
+
+
 def adaptation_step(state: train_state.TrainState, batch: dict, rng, *, head_steps: int):
     """One optimiser step on the mean masked-LM loss of ``batch``; before ``head_steps``
     steps only the head moves (the encoder's gradients and updates are zero)."""
@@ -242,6 +274,20 @@ def adapt_encoder(
     batch_sharding = parallel.batch_sharding(mesh)
     process, processes = jax.process_index(), jax.process_count()
     is_main = process == 0
+    heldout = heldout_batches(config, encoder, length, rows, rate, targets, bert.vocab_size)
+    sums_fn = jax.jit(
+        functools.partial(masked_lm_sums, apply_fn=model.apply),
+        in_shardings=(shardings.params, batch_sharding),
+        out_shardings=parallel.replicated(mesh),
+    )
+
+    def heldout_loss(params) -> float | None:
+        total = np.zeros(2)
+        for batch in heldout:
+            values = jax.device_get(sums_fn(params, parallel.global_batch(batch, batch_sharding)))
+            total += (float(values["loss_sum"]), float(values["targets"]))
+        return total[0] / total[1] if total[1] else None
+
     settings = {
         "source": str(config.model.encoder),
         "corpus": str(config.data.dir),
@@ -298,6 +344,7 @@ def adapt_encoder(
             "step": step,
             "seconds": round(time.time() - started, 1),
             "masked_lm_loss": sums[0] / max(sums[1], 1),
+            "heldout_masked_lm_loss": heldout_loss(state.params),
         }
         if is_main:
             with log_path.open("a") as f:
@@ -318,12 +365,12 @@ def adapt_encoder(
         "fresh_head": head is None,
         "seed": int(config.seed),
         "devices": mesh.size,
-        "epoch_losses": [  # the main process's log: every epoch, resumed ones too
-            json.loads(x)["masked_lm_loss"] for x in log_path.read_text().splitlines() if x.strip()
-        ]
-        if is_main
-        else [],
+        "heldout_split": str(config.data.get("eval_split")) if heldout else None,
     }
+    lines = log_path.read_text().splitlines() if is_main else []  # every epoch, resumed too
+    records = [json.loads(x) for x in lines if x.strip()]
+    summary["epoch_losses"] = [x["masked_lm_loss"] for x in records]
+    summary["heldout_losses"] = [x["heldout_masked_lm_loss"] for x in records]
     encoder_params = multihost_utils.process_allgather(state.params["encoder"], tiled=True)
     if is_main:
         export_encoder(encoder_params, weights_dir, out, summary)

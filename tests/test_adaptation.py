@@ -170,6 +170,7 @@ def test_a_killed_adaptation_resumes_to_the_same_encoder(tmp_path, monkeypatch):
     monkeypatch.setattr(adaptation, "choose_targets", real)
     resumed = adapt_encoder(config, tmp_path / "killed", **kwargs)
     assert resumed["epoch_losses"] == pytest.approx(whole["epoch_losses"], rel=1e-6)
+    assert resumed["heldout_losses"] == pytest.approx(whole["heldout_losses"], rel=1e-6)
     a, b = load_weights(tmp_path / "whole"), load_weights(tmp_path / "killed")
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7)
@@ -189,6 +190,7 @@ def test_the_adaptation_splits_its_rows_and_parameters_over_the_devices(tmp_path
     assert two["rows_per_step"] == one["rows_per_step"] == 2  # the same batches, split
     assert two["steps"] == one["steps"] > 2
     assert two["epoch_losses"] == pytest.approx(one["epoch_losses"], rel=1e-5)
+    assert two["heldout_losses"] == pytest.approx(one["heldout_losses"], rel=1e-5)
     a, b = load_weights(tmp_path / "one"), load_weights(tmp_path / "two")
     assert any(v.size >= 256 for v in a.values())  # some arrays were split
     for key in a:
@@ -224,6 +226,9 @@ def test_the_cli_adapts_lowers_the_loss_and_exports_an_encoder_folder(tmp_path):
     losses = summary["epoch_losses"]
     assert printed["out"] == str(out) and printed["steps"] == summary["steps"]
     assert len(losses) == 12 and losses[-1] < 0.8 * losses[0], losses
+    heldout = summary["heldout_losses"]  # the eval split's criteria, the same masks each epoch
+    assert summary["heldout_split"] == config.data.eval_split and len(heldout) == 12
+    assert heldout[-1] < 0.9 * heldout[0], heldout
     assert summary["fresh_head"] and summary["steps"] == 12 * summary["steps_per_epoch"] > 12
     for name in ("config.json", "vocab.txt"):
         assert (out / name).read_bytes() == (pathlib.Path(config.model.encoder) / name).read_bytes()
