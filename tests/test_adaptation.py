@@ -11,6 +11,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
@@ -137,6 +138,35 @@ def adapt_config(tmp_path: pathlib.Path):
 
 def flat(tree) -> dict:
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def test_the_encoder_starts_adam_afresh_when_it_first_moves():
+    """Frozen steps give the encoder zero updates, keep its gradient out of the clip and leave
+    its Adam state alone: its first real update is a fresh Adam's (1 x the learning rate for a
+    steady gradient), not one bias-corrected for the frozen steps (1.35 x after 200)."""
+    schedule = optax.constant_schedule(1.0)
+    tx = adaptation.adaptation_optimizer(schedule, weight_decay=0.0, head_steps=200)
+    params = {"encoder": {"w": jnp.ones(3)}, "head": {"w": jnp.ones(3)}}
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    head_alone = None
+    for i in range(201):
+        grads = {"encoder": {"w": jnp.full(3, 0.5)}, "head": {"w": jnp.full(3, 0.25)}}
+        if i < 200:  # a huge encoder gradient must not shrink the head's through the clip
+            grads["encoder"]["w"] = jnp.full(3, 1e6)
+        updates, state = step(grads, state, params)
+        if i == 0:
+            head_alone = updates["head"]["w"]
+        if i < 200:
+            np.testing.assert_array_equal(updates["encoder"]["w"], 0.0)
+    np.testing.assert_allclose(head_alone, -1.0, rtol=1e-5)  # a fresh Adam step of size 1
+    np.testing.assert_allclose(updates["encoder"]["w"], -1.0, rtol=1e-5)
+    plain = optax.scale_by_adam()  # the correction for 200 steps without a gradient
+    moments = plain.init(params["encoder"])
+    for i in range(201):
+        g = {"w": jnp.full(3, 0.5 if i == 200 else 0.0)}
+        late, moments = plain.update(g, moments)
+    assert float(late["w"][0]) == pytest.approx(1.35, abs=0.01)
 
 
 def test_the_encoder_stays_frozen_while_a_fresh_head_learns(tmp_path):
