@@ -296,13 +296,13 @@ def adapt_encoder(
         jax.eval_shape(new_state, params), mesh, config.sharding.fsdp_min_size
     )
     state = jax.jit(new_state, out_shardings=shardings)(params)
+    batch_sharding = parallel.batch_sharding(mesh)
     step_fn = jax.jit(
         adaptation_step,
-        in_shardings=(shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+        in_shardings=(shardings, batch_sharding, parallel.replicated(mesh)),
         out_shardings=(shardings, parallel.replicated(mesh)),
         donate_argnums=0,
     )
-    batch_sharding = parallel.batch_sharding(mesh)
     process, processes = jax.process_index(), jax.process_count()
     is_main = process == 0
     heldout = heldout_batches(config, encoder, length, rows, rate, targets, bert.vocab_size)
@@ -401,7 +401,7 @@ def adapt_encoder(
     lines = log_path.read_text().splitlines() if is_main else []  # every epoch, resumed too
     records = [json.loads(x) for x in lines if x.strip()]
     summary["epoch_losses"] = [x["masked_lm_loss"] for x in records]
-    summary["heldout_losses"] = [x["heldout_masked_lm_loss"] for x in records]
+    summary["heldout_losses"] = [x.get("heldout_masked_lm_loss") for x in records]
     encoder_params = multihost_utils.process_allgather(state.params["encoder"], tiled=True)
     if is_main:
         export_encoder(encoder_params, weights_dir, out, summary)
