@@ -51,7 +51,7 @@ from jointre_jax.data.packing import PackedBatcher, mean_length, row_length, row
 from jointre_jax.errors import UserError
 from jointre_jax.model.bert import ACTIVATIONS, BertConfig, BertModel
 from jointre_jax.model.pretrained import load_weights, merge_pretrained
-from jointre_jax.train import truncate_log
+from jointre_jax.train import append_log, truncate_log
 
 TOKENIZER_FILES = (
     "vocab.txt",
@@ -377,9 +377,7 @@ def adapt_encoder(
             "masked_lm_loss": sums[0] / max(sums[1], 1),
             "heldout_masked_lm_loss": heldout_loss(state.params),
         }
-        if is_main:
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        append_log(log_path, is_main, record)
     summary = {
         "source": str(config.model.encoder),
         "corpus": str(config.data.dir),

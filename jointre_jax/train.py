@@ -121,7 +121,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if step == 0 and config.eval_before_training:  # the baseline the scores rise from
         ahead.wait()
         initial = scores(dev_data, "dev (initial)")
-        _append_log(log_path, is_main, {"epoch": 0, "step": 0, **_dev_f1s(initial)})
+        append_log(log_path, is_main, {"epoch": 0, "step": 0, **_dev_f1s(initial)})
     for epoch in range(start_epoch, config.num_epochs):
         plan = batcher.epoch_plan(epoch)
         offset = step - epoch * steps_per_epoch
@@ -164,7 +164,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             "best_epoch": meta["best_epoch"],
         }
         log.info("%s", record)
-        _append_log(log_path, is_main, record)
+        append_log(log_path, is_main, record)
         if writer is not None:
             for key, value in record.items():
                 if isinstance(value, float):
@@ -230,7 +230,8 @@ def truncate_log(path: pathlib.Path, completed_epochs: int) -> None:
         path.write_text("".join(x + "\n" for x in kept) if completed_epochs else "")
 
 
-def _append_log(path: pathlib.Path, is_main: bool, record: dict) -> None:
+def append_log(path: pathlib.Path, is_main: bool, record: dict) -> None:
+    """Appends ``record`` as one JSON line to ``path`` (the main process only)."""
     if is_main:
         with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
