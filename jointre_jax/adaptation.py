@@ -409,13 +409,17 @@ def adapt_encoder(
 def pretrained_head(directory: pathlib.Path) -> dict | None:
     """BERT's masked-LM head (``cls.predictions``) of ``directory/model.safetensors`` in
     :class:`MaskedLM`'s layout, or None when there is none (a sentence-transformer model, or
-    weights in another file): the head then starts fresh."""
+    weights in another file): the head then starts fresh. Only the head's tensors are read
+    (the encoder's came through ``load_weights``)."""
     path = pathlib.Path(directory) / "model.safetensors"
     if not path.exists():
         return None
-    from safetensors.numpy import load_file
+    from safetensors import safe_open
 
-    raw, p = load_file(str(path)), "cls.predictions."
+    p = "cls.predictions."
+    with safe_open(str(path), framework="numpy") as f:
+        names = f.keys()  # a safe_open handle is not iterable
+        raw = {k: f.get_tensor(k) for k in names if k.startswith(p)}
     if p + "transform.dense.weight" not in raw:
         return None
     norm = {k: raw.get(f"{p}transform.LayerNorm.{k}") for k in ("weight", "gamma", "bias", "beta")}
