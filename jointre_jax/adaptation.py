@@ -379,20 +379,13 @@ def adapt_encoder(
         }
         append_log(log_path, is_main, record)
     summary = {
-        "source": str(config.model.encoder),
-        "corpus": str(config.data.dir),
+        **settings,
         "split": str(config.data.train_split),
         "criteria": len(data.examples),
-        "epochs": epochs,
         "steps_per_epoch": steps_per_epoch,
         "steps": step,
-        "learning_rate": learning_rate,
         "criteria_per_step": batch_size,
-        "rows_per_step": rows,
-        "mask_rate": rate,
-        "head_steps": head_steps,
         "fresh_head": head is None,
-        "seed": int(config.seed),
         "devices": mesh.size,
         "heldout_split": str(config.data.get("eval_split")) if heldout else None,
     }
