@@ -96,6 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.max_train_examples = 0
     # Evaluate on at most this many dev and test examples (0 = all); for quick experiments.
     config.data.max_eval_examples = 0
+    # A teacher's span distributions of the train split (python -m jointre_jax.teach): the soft
+    # targets of model.distillation_weight ("" = none).
+    config.data.teacher_file = ""
     # Maximum wordpieces per example, [CLS] and [SEP] included (paper: 128). Longer criteria
     # are split into windows that cut no entity, never truncated.
     config.data.max_length = 128
@@ -251,6 +254,9 @@ def get_config() -> ml_collections.ConfigDict:
     # the mean KL divergence of its NER distributions from the clean pass's (held fixed):
     # virtual adversarial training's smoothness term, at no extra pass.
     config.model.adversarial_consistency = 0.0
+    # > 0 (span decoder, with data.teacher_file): knowledge distillation, each span's NER target
+    # is (1 - w) * gold + w * the teacher's distribution (jointre_jax/distillation.py).
+    config.model.distillation_weight = 0.0
 
     # ---------------------------------------------------------- optimiser
     config.optim = ml_collections.ConfigDict()

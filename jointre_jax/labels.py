@@ -484,3 +484,30 @@ def make_scheme(config) -> EntityScheme:
     if config.model.get("discontinuous", False):
         raise ValueError("model.discontinuous needs the span decoder (model.ner_decoder='span')")
     raise ValueError(f"model.ner_decoder {name!r} not in {DECODERS}")
+
+
+# ------------------------------------------------- span tables (per example, by width)
+def span_table(probs: np.ndarray, num_words: int, width: int) -> np.ndarray:
+    """The spans of one example, [w, W, C], from its block of a row's span table.
+
+    Args:
+      probs: [>= w, >= w, C] distributions of spans (i, j inclusive), the example's first word
+        at (0, 0).
+    Returns:
+      float16 [w, W, C]: [s, k] is span (s, s + k); zeros where s + k >= w.
+    """
+    starts = np.arange(num_words)[:, None]
+    ends = starts + np.arange(width)[None, :]
+    inside = ends < num_words
+    table = probs[starts, np.minimum(ends, max(num_words - 1, 0))]
+    return np.where(inside[..., None], table, 0).astype(np.float16)
+
+
+def place_span_table(target: np.ndarray, table: np.ndarray, words: int) -> None:
+    """Writes an example's ``table`` [w, W, C] (:func:`span_table`) into ``target``
+    [L, L, C] (one row's span table) with its first word at ``words`` (in place)."""
+    num_words, width = table.shape[:2]
+    starts = np.arange(num_words)[:, None] + np.zeros(width, np.int64)[None, :]
+    ends = starts + np.arange(width)[None, :]
+    inside = ends < num_words
+    target[starts[inside] + words, ends[inside] + words] = table[inside]

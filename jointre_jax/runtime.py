@@ -315,6 +315,7 @@ def loss_options(config, scheme: EntityScheme) -> LossOptions:
         span_negative_keep=float(config.model.get("span_negative_keep", 1.0)),
         adversarial_epsilon=float(config.model.get("adversarial_epsilon", 0.0)),
         adversarial_consistency=float(config.model.get("adversarial_consistency", 0.0)),
+        distillation_weight=float(config.model.get("distillation_weight", 0.0)),
     )
 
 

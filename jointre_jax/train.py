@@ -33,6 +33,7 @@ from jointre_jax.checkpoints import (
 )
 from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.data.packing import make_batcher
+from jointre_jax.distillation import teacher_tables
 from jointre_jax.evaluation import evaluate
 from jointre_jax.predictor import Predictor
 
@@ -78,7 +79,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)  # only once the data and the encoder are found
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-    batcher = make_batcher(config, train_data.examples, scheme, training=True)
+    teacher = teacher_tables(config, train_data.examples, scheme)
+    batcher = make_batcher(config, train_data.examples, scheme, training=True, soft_targets=teacher)
     steps_per_epoch = batcher.steps_per_epoch()
     total_steps = steps_per_epoch * config.num_epochs
 

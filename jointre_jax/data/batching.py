@@ -27,7 +27,10 @@ than wordpieces):
   entities beyond N (left out of the table, counted);
 * ``relations`` int32 [B, N, N]: relation label id from table entity i to j, 0 = none;
 * ``example_index`` int32 [B]: index into the split's example list of the row's first
-  segment, -1 for filler rows; ``row_mask`` bool [B].
+  segment, -1 for filler rows; ``row_mask`` bool [B];
+* with a teacher's span tables (``soft_targets``, :mod:`jointre_jax.distillation`):
+  ``ner_soft_targets`` float32 [B, L, L, C], the teacher's distribution of each candidate
+  span (i, j inclusive), zeros elsewhere.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import numpy as np
 
 from jointre_jax.data.encode import Example
 from jointre_jax.data.tokenization import casing_class
-from jointre_jax.labels import BioScheme, EntityScheme
+from jointre_jax.labels import BioScheme, EntityScheme, place_span_table
 
 
 def word_ends(example: Example) -> np.ndarray:
@@ -110,6 +113,8 @@ class Batcher:
       scheme: the label scheme whose NER targets the batches carry (default BIO).
       max_entities: N, the slots of the entity table (default: the most entities of any
         example, rounded up to a multiple of 8).
+      soft_targets: a teacher's span table of each example, float [w, W, C]
+        (:func:`jointre_jax.distillation.span_table`), or None.
     """
 
     def __init__(
@@ -120,6 +125,7 @@ class Batcher:
         seed: int = 0,
         scheme: EntityScheme | None = None,
         max_entities: int = 0,
+        soft_targets: Sequence[np.ndarray] | None = None,
     ):
         if list(boundaries) != sorted(set(boundaries)) or not boundaries:
             raise ValueError(f"bucket boundaries must be ascending and unique: {boundaries}")
@@ -131,6 +137,9 @@ class Batcher:
         self.seed = int(seed)
         self.scheme = scheme if scheme is not None else BioScheme(1)
         self.max_entities = int(max_entities) or entity_slots(examples)
+        if soft_targets is not None and len(soft_targets) != len(examples):
+            raise ValueError(f"{len(soft_targets)} soft targets for {len(examples)} examples")
+        self.soft_targets = soft_targets
         self.lengths = np.array([ex.length for ex in examples], np.int64)
         self.buckets = np.array([bucket_for(n, self.boundaries) for n in self.lengths], np.int64)
 
@@ -216,6 +225,9 @@ class Batcher:
         }
         probe = self.scheme.targets((), 0, length)  # the scheme's target arrays, one per word
         batch.update({k: np.zeros((size, *v.shape), v.dtype) for k, v in probe.items()})
+        if self.soft_targets is not None:
+            classes = self.soft_targets[0].shape[-1] if len(self.soft_targets) else 1
+            batch["ner_soft_targets"] = np.zeros((size, length, length, classes), np.float32)
         for place in self._offsets(segments):
             self._place(batch, place, length)
         return batch
@@ -264,6 +276,8 @@ class Batcher:
             if value.ndim != 1:
                 raise ValueError(f"NER target {key!r} is not one value per word: {value.shape}")
             batch[key][row, v] = value
+        if self.soft_targets is not None:
+            place_span_table(batch["ner_soft_targets"][row], self.soft_targets[place.index], words)
 
     def example_offsets(self, planned: PlannedBatch, rows: slice = slice(None)):
         """:class:`Placement` of every example of the rows ``rows`` of a planned batch: where

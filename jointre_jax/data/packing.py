@@ -143,6 +143,7 @@ class PackedBatcher(Batcher):
       seed: packing and shuffling seed.
       scheme: the label scheme whose NER targets the batches carry.
       max_entities: entity slots per row (0: :func:`row_slots`).
+      soft_targets: a teacher's span table of each example (:class:`Batcher`), or None.
     """
 
     def __init__(
@@ -153,9 +154,10 @@ class PackedBatcher(Batcher):
         seed: int = 0,
         scheme: EntityScheme | None = None,
         max_entities: int = 0,
+        soft_targets: Sequence[np.ndarray] | None = None,
     ):
         slots = int(max_entities) or row_slots(examples, length)
-        super().__init__(examples, (int(length),), rows, seed, scheme, slots)
+        super().__init__(examples, (int(length),), rows, seed, scheme, slots, soft_targets)
         counts = [len(ex.entities) for ex in examples]
         self.rows = pack(self.lengths, counts, int(length), slots, self.seed)
         width = max((len(r) for r in self.rows), default=1)
@@ -187,9 +189,12 @@ class PackedBatcher(Batcher):
         return -(-len(self.rows) // self.batch_size)
 
 
-def make_batcher(config, examples: Sequence[Example], scheme, training: bool) -> Batcher:
+def make_batcher(
+    config, examples: Sequence[Example], scheme, training: bool, soft_targets=None
+) -> Batcher:
     """The batcher ``config`` asks for: packed rows (``data.packing``) or length buckets, of
-    the training (``training``, seeded by ``config.seed``) or the prediction batch size."""
+    the training (``training``, seeded by ``config.seed``) or the prediction batch size;
+    ``soft_targets``: a teacher's span tables of the examples (:class:`Batcher`)."""
     data = config.data
     seed = int(config.seed) if training else 0
     slots = int(config.model.max_entities)
@@ -199,11 +204,11 @@ def make_batcher(config, examples: Sequence[Example], scheme, training: bool) ->
         if not rows:  # sizes not resolved (a config never trained): from these examples
             size = data.batch_size if training else data.eval_batch_size
             rows = rows_for(size, mean_length(examples), length)
-        return PackedBatcher(examples, length, rows, seed, scheme, slots)
+        return PackedBatcher(examples, length, rows, seed, scheme, slots, soft_targets)
     if max(data.bucket_boundaries) < example_length(config):
         raise UserError(
             f"data.bucket_boundaries end at {max(data.bucket_boundaries)}, below data.max_length "
             f"+ data.context_length = {example_length(config)}: add a bucket that long"
         )
     size = data.batch_size if training else data.eval_batch_size
-    return Batcher(examples, data.bucket_boundaries, size, seed, scheme, slots)
+    return Batcher(examples, data.bucket_boundaries, size, seed, scheme, slots, soft_targets)

@@ -10,7 +10,9 @@ NER (by label scheme, :mod:`jointre_jax.labels`):
   by one word) that are not gold entities themselves; with ``span_negative_keep`` p < 1, each
   step counts each negative candidate (its target "no entity" alone) with probability p and
   drops the others from the sum and the count (span negative sampling, Li et al., ICLR 2021:
-  an entity the annotators left out is then rarely taught as "no entity").
+  an entity the annotators left out is then rarely taught as "no entity"); with
+  ``distillation_weight`` w > 0, each counted span's target is ``(1 - w) * gold + w *
+  teacher`` (the batch's ``ner_soft_targets``, :mod:`jointre_jax.distillation`).
 
 RE is scored between the entities of a table (:class:`~jointre_jax.model.joint.JointModel`),
 negatives by ``negative_sampling``:
@@ -58,6 +60,9 @@ class LossOptions:
     # > 0 (with adversarial_epsilon): the adversarial pass's loss also holds this weight times
     # :func:`ner_consistency` (its NER distributions against the clean pass's).
     adversarial_consistency: float = 0.0
+    # > 0 (span decoder): the weight of the teacher's span distributions in each span's target
+    # (the batch's ner_soft_targets, jointre_jax.distillation).
+    distillation_weight: float = 0.0
 
     def __post_init__(self):
         if self.negative_sampling not in NEGATIVE_SAMPLING:
@@ -86,6 +91,10 @@ class LossOptions:
             raise ValueError(f"span_negative_keep {self.span_negative_keep} not in (0, 1]")
         if self.span_negative_keep < 1.0 and not isinstance(self.scheme, SpanScheme):
             raise ValueError("span_negative_keep needs the span decoder (model.ner_decoder)")
+        if not 0.0 <= self.distillation_weight <= 1.0:
+            raise ValueError(f"distillation_weight {self.distillation_weight} not in [0, 1]")
+        if self.distillation_weight and not isinstance(self.scheme, SpanScheme):
+            raise ValueError("distillation_weight needs the span decoder (model.ner_decoder)")
 
     @property
     def re_table(self) -> str:
@@ -194,6 +203,15 @@ def sampled_negatives(targets, mask, keep: float, rng):
     return mask & (drawn | ~negative)
 
 
+def distilled_targets(targets, teacher, weight: float):
+    """float32 [B, L, L, C]: ``(1 - weight) * targets + weight * teacher``; ``targets``: int
+    classes [B, L, L] (read as one-hot) or distributions [B, L, L, C]; ``teacher`` [B, L, L, C]."""
+    teacher = teacher.astype(jnp.float32)
+    if not jnp.issubdtype(targets.dtype, jnp.floating):
+        targets = jax.nn.one_hot(targets, teacher.shape[-1], dtype=jnp.float32)
+    return (1.0 - weight) * targets + weight * teacher
+
+
 def loss_terms(outputs, batch, options: LossOptions, rng=None):
     """Sums and denominators of the NER and RE losses of one batch.
 
@@ -212,6 +230,10 @@ def loss_terms(outputs, batch, options: LossOptions, rng=None):
             if rng is None:
                 raise ValueError("span_negative_keep < 1 needs an rng for loss_terms")
             mask = sampled_negatives(targets, mask, options.span_negative_keep, rng)
+        if options.distillation_weight:
+            targets = distilled_targets(
+                targets, batch["ner_soft_targets"], options.distillation_weight
+            )
         terms["ner_loss_sum"], terms["ner_count"] = masked_cross_entropy(
             outputs["ner_logits"], targets, mask
         )
