@@ -14,9 +14,9 @@ unchanged.
 The file holds, for example i of the split (w_i words, W = ``model.max_span_width``, C = span
 classes):
 
-* ``probs`` float16 [sum w_i, W, C]: the rows of example i are ``offsets[i]:offsets[i + 1]``,
-  row s column k the distribution of the span from word s to word s + k (inclusive); spans
-  past the last word hold zeros;
+* ``probs`` float16 [sum w_i, W, C]: the examples' tables one after the other (example i's
+  w_i rows follow those of the examples before it), row s column k the distribution of
+  the span from word s to word s + k (inclusive); spans past the last word hold zeros;
 * ``words`` int32 [n]: w_i; ``fingerprints`` [n] str: a digest of each example's document,
   line, window and word offsets, so a student whose examples differ (another tokenizer,
   split, window size) is refused with the first example that differs.
@@ -46,7 +46,7 @@ def fingerprint(example: Example) -> str:
     return hashlib.sha1(key).hexdigest()[:16]
 
 
-def _teacher_probs(params, batch, *, model: JointModel):
+def mean_span_probs(params, batch, *, model: JointModel):
     """float32 [B, L, L, C]: the members' mean span class probabilities of a batch."""
     members = params if isinstance(params, tuple) else (params,)
     logits = [
@@ -64,7 +64,7 @@ def teacher_span_probs(
     if not isinstance(model.scheme, SpanScheme):
         raise UserError("a teacher must be a span-decoder run (model.ner_decoder='span')")
     width = int(model.scheme.max_width)
-    step = jax.jit(lambda p, b: _teacher_probs(p, b, model=model))
+    step = jax.jit(lambda p, b: mean_span_probs(p, b, model=model))
     batcher = predictor.batcher(examples)
     sharding = parallel.batch_sharding(runtime.params_mesh(predictor.params))
     tables: list[np.ndarray | None] = [None] * len(examples)

@@ -153,7 +153,7 @@ def test_a_teachers_tables_are_its_models_span_probabilities_for_each_example(te
     for index, ex in enumerate(examples):
         batcher = PackedBatcher([ex], 12, 1, 0, predictor.model.scheme, config.model.max_entities)
         batch = batcher.build(batcher.eval_plan()[0])
-        probs = distillation._teacher_probs(predictor.params, batch, model=predictor.model)
+        probs = distillation.mean_span_probs(predictor.params, batch, model=predictor.model)
         alone = span_table(np.asarray(probs)[0], ex.num_words, width)
         np.testing.assert_allclose(tables[index], alone, atol=2e-3)
         inside = np.arange(ex.num_words)[:, None] + np.arange(width)[None] < ex.num_words
