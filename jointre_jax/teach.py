@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
@@ -53,7 +52,7 @@ def main(argv):
     print(json.dumps({
         "out": FLAGS.out, "split": split, "examples": len(tables), "spans": spans,
         "teacher_runs": runs.split(","), "expected_entities": round(entity, 1),
-        "bytes": int(sum(t.nbytes for t in tables)), "dtype": str(np.float16.__name__),
+        "bytes": int(sum(t.nbytes for t in tables)), "dtype": "float16",
     }))  # fmt: skip
 
 

@@ -114,7 +114,7 @@ class Batcher:
       max_entities: N, the slots of the entity table (default: the most entities of any
         example, rounded up to a multiple of 8).
       soft_targets: a teacher's span table of each example, float [w, W, C]
-        (:func:`jointre_jax.distillation.span_table`), or None.
+        (:func:`jointre_jax.labels.span_table`), or None.
     """
 
     def __init__(
