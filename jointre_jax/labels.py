@@ -487,6 +487,14 @@ def make_scheme(config) -> EntityScheme:
 
 
 # ------------------------------------------------- span tables (per example, by width)
+def _span_grid(num_words: int, width: int):
+    """(starts, ends, inside), int [w, W] x2 and bool [w, W]: entry [s, k] is the span from
+    word s to word s + k (inclusive), inside the example when s + k < w."""
+    starts = np.broadcast_to(np.arange(num_words)[:, None], (num_words, width))
+    ends = starts + np.arange(width)[None, :]
+    return starts, ends, ends < num_words
+
+
 def span_table(probs: np.ndarray, num_words: int, width: int) -> np.ndarray:
     """The spans of one example, [w, W, C], from its block of a row's span table.
 
@@ -496,9 +504,7 @@ def span_table(probs: np.ndarray, num_words: int, width: int) -> np.ndarray:
     Returns:
       float16 [w, W, C]: [s, k] is span (s, s + k); zeros where s + k >= w.
     """
-    starts = np.arange(num_words)[:, None]
-    ends = starts + np.arange(width)[None, :]
-    inside = ends < num_words
+    starts, ends, inside = _span_grid(num_words, width)
     table = probs[starts, np.minimum(ends, max(num_words - 1, 0))]
     return np.where(inside[..., None], table, 0).astype(np.float16)
 
@@ -506,8 +512,5 @@ def span_table(probs: np.ndarray, num_words: int, width: int) -> np.ndarray:
 def place_span_table(target: np.ndarray, table: np.ndarray, words: int) -> None:
     """Writes an example's ``table`` [w, W, C] (:func:`span_table`) into ``target``
     [L, L, C] (one row's span table) with its first word at ``words`` (in place)."""
-    num_words, width = table.shape[:2]
-    starts = np.arange(num_words)[:, None] + np.zeros(width, np.int64)[None, :]
-    ends = starts + np.arange(width)[None, :]
-    inside = ends < num_words
+    starts, ends, inside = _span_grid(*table.shape[:2])
     target[starts[inside] + words, ends[inside] + words] = table[inside]
