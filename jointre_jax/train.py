@@ -76,10 +76,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     schema, scheme = train_data.schema, encoder.scheme
     runtime.resolve_sizes(config, train_data.examples)  # sizes the data needs, saved below
     bert, weights_dir = runtime.encoder_config(config)
+    teacher = teacher_tables(config, train_data.examples, scheme)  # checked before the workdir
     workdir.mkdir(parents=True, exist_ok=True)  # only once the data and the encoder are found
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-    teacher = teacher_tables(config, train_data.examples, scheme)
     batcher = make_batcher(config, train_data.examples, scheme, training=True, soft_targets=teacher)
     steps_per_epoch = batcher.steps_per_epoch()
     total_steps = steps_per_epoch * config.num_epochs
