@@ -62,6 +62,7 @@ VARIANTS = {
     # Span negative sampling: each step keeps this share of the "no entity" spans in the loss.
     "neg03": {"model.span_negative_keep": 0.3},
     "neg01": {"model.span_negative_keep": 0.1},
+    "neg05": {"model.span_negative_keep": 0.5},
     # Span interactions: residual 3 x 3 convolutions over the table of spans (CNN-NER).
     "conv2": {"model.span_conv_layers": 2},
     "conv2_neg03": {"model.span_conv_layers": 2, "model.span_negative_keep": 0.3},
