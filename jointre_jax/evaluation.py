@@ -213,14 +213,23 @@ class CorpusScorer:
     def add(self, example: Example, prediction: Prediction) -> None:
         types = self.gold.schema.entity_types
         names = self.gold.schema.relation_labels
-        keys = []
-        for e in prediction.entities:
-            span = tuple((example.line_start + a, example.line_start + b) for a, b in e.char_spans)
-            keys.append((types[e.label], span))
-            self.entities.add((example.doc_id, *keys[-1]))
-        for h, t, label, _ in prediction.relations:
-            self.relations_strict.add((example.doc_id, names[label], keys[h], keys[t]))
-            self.relations_boundaries.add((example.doc_id, names[label], keys[h][1], keys[t][1]))
+        keys = [
+            (
+                types[e.label],
+                tuple((example.line_start + a, example.line_start + b) for a, b in e.char_spans),
+            )
+            for e in prediction.entities
+        ]
+        relations = [(names[label], keys[h], keys[t]) for h, t, label, _ in prediction.relations]
+        self.add_keys(example.doc_id, keys, relations)
+
+    def add_keys(self, doc_id: str, entities, relations) -> None:
+        """Adds predictions already keyed: ``entities`` as ``(type, spans)`` (character spans
+        in the document), ``relations`` as ``(relation type, head entity, tail entity)``."""
+        self.entities.update((doc_id, *key) for key in entities)
+        for name, head, tail in relations:
+            self.relations_strict.add((doc_id, name, head, tail))
+            self.relations_boundaries.add((doc_id, name, head[1], tail[1]))
 
     def results(self) -> dict:
         """{"ner", "re_e2e", "re_e2e_boundaries", "gold"} against the corpus gold."""

@@ -2,12 +2,13 @@
 
     python -m jointre_jax.extract --workdir=DIR --input=PATH|- --output=PATH|- \
         [--format=jsonl|brat|csv|html] [--input_format=auto|text|ctgov|aact] [--lenient] \
-        [--grouped=FILE]
+        [--grouped=FILE] [--split_file=F] [--ensemble=DIR2,DIR3]
 
 Input (``--input_format``, detected from the content by default):
 
 * plain text: a file (one criterion per line), a folder of ``.txt`` files (one document
-  each), or ``-`` for standard input;
+  each; with ``--split_file``, only the documents it lists, as ``evaluate`` reads a corpus
+  split), or ``-`` for standard input;
 * ClinicalTrials.gov records (:mod:`jointre_jax.trials`): API v2 study JSON (one study, the
   search page ``{"studies": [...]}``, JSON lines, or a folder of ``.json`` files), or AACT's
   ``eligibilities.txt``. Each record's criteria text is split into criteria, each with its
@@ -50,6 +51,7 @@ from absl import logging as absl_logging
 
 from jointre_jax import cli, review_page, trials
 from jointre_jax.data.brat import BratFormatError, read_text, write_document
+from jointre_jax.data.corpus import find_documents, read_split_ids
 from jointre_jax.data.encode import split_lines
 from jointre_jax.errors import UserError
 from jointre_jax.extraction import DocumentExtraction, Extractor, extract_trials, iter_records
@@ -63,6 +65,11 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training run directory (best checkpoint).")
     cli.define_ensemble_flag()
     flags.DEFINE_string("input", None, "Text file, folder of .txt files, or - (stdin).")
+    flags.DEFINE_string(
+        "split_file", None,
+        "With a folder --input: only the documents it lists (id prefixes, one a line; "
+        "a corpus split, as in evaluate).",
+    )  # fmt: skip
     flags.DEFINE_string("output", None, "Output file (jsonl, csv; - = stdout) or folder.")
     flags.DEFINE_enum("format", "jsonl", ["jsonl", "brat", "csv", "html"], "Output format.")
     flags.DEFINE_enum(
@@ -76,12 +83,19 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_devices", None, "Devices to use (default: the run's).")
 
 
-def read_inputs(source: str) -> tuple[list[str], list[str]]:
+def read_inputs(source: str, split_file: str | None = None) -> tuple[list[str], list[str]]:
     """(doc_ids, texts) of ``source``: a file, a folder of .txt files, or "-" (stdin).
+    ``split_file``: a folder's documents it lists only (:func:`find_documents`; an id that
+    matches no document is an error naming the file and line).
 
     Raises UserError for a missing path or an empty folder, BratFormatError (file and line)
     for text that is not UTF-8.
     """
+    if split_file is not None:
+        if not pathlib.Path(source).is_dir():
+            raise UserError(f"--split_file needs a folder of .txt files as --input, not {source}")
+        files = find_documents(source, read_split_ids(split_file), split_file)
+        return [f.stem for f in files], [read_text(f) for f in files]
     if source == "-":
         data = sys.stdin.buffer.read()
         try:
@@ -200,12 +214,14 @@ def main(argv):
         )
     records = None
     if fmt in ("ctgov", "aact"):
+        if FLAGS.split_file:
+            raise UserError("--split_file selects .txt documents, not trial records")
         read = trials.read_records(FLAGS.input, fmt, FLAGS.lenient)
         records = read.records
         if not records:
             raise UserError(f"--input={FLAGS.input}: no usable records")
     else:
-        doc_ids, texts = read_inputs(FLAGS.input)
+        doc_ids, texts = read_inputs(FLAGS.input, FLAGS.split_file)
     extractor = Extractor.from_workdir(FLAGS.workdir, FLAGS.num_devices, FLAGS.ensemble)
     started = time.perf_counter()
     if records is not None:

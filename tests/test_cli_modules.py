@@ -8,6 +8,7 @@ from absl import flags
 CLI_MODULES = (
     "jointre_jax.main", "jointre_jax.evaluate", "jointre_jax.demo", "jointre_jax.extract",
     "jointre_jax.grid", "jointre_jax.data.report", "jointre_jax.adapt", "jointre_jax.teach",
+    "jointre_jax.vote",
     "benchmarks.throughput", "benchmarks.gemm",
 )  # fmt: skip
 

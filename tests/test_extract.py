@@ -1,17 +1,20 @@
 """Extraction from raw text with a tiny trained run: exact offsets (CRLF, tabs, Unicode,
-trailing spaces), windowed long lines, BRAT round trip, the CLI, and the grouped view."""
+trailing spaces), windowed long lines, BRAT round trip, the CLI, the grouped view, and a
+split extracted as a vote member (benchmarks/votes/member.sh) scoring as ``evaluate`` does."""
 
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from benchmarks import extraction as extraction_benchmark
-from jointre_jax import extract
+from jointre_jax import extract, inference, voting
 from jointre_jax.data.brat import BratFormatError, read_document
+from jointre_jax.data.schema import Schema
 from jointre_jax.errors import UserError
 from jointre_jax.extraction import Criterion, Entity, Extractor, Relation
 from jointre_jax.grouping import group_criterion
@@ -97,6 +100,42 @@ def test_cli_reads_stdin_and_writes_jsonl_csv_and_grouped(run_dir, tmp_path):
     assert records == [c.to_dict() for c in expected.criteria]
     grouped = [json.loads(x) for x in (tmp_path / "g.jsonl").read_text().splitlines()]
     assert [g["line"] for g in grouped] == [1, 3, 4, 5]
+
+
+def test_a_vote_member_scores_as_evaluates_corpus_block(run_dir, tmp_path):
+    """benchmarks/votes/member.sh (extract --split_file over a corpus, gzipped), then the
+    vote's scorer against the split's gold: the counts of ``evaluate``'s ``corpus`` block for
+    the same run, to the entity."""
+    corpus = run_dir.parent / "corpus"
+    chia = tmp_path / "chia"
+    (chia / "splits").mkdir(parents=True)
+    (chia / "brat").symlink_to(corpus / "brat")
+    (chia / "splits" / "dev.txt").write_text("NCT3\n")
+    (chia / "splits" / "test.txt").write_text("NCT1\nNCT3\n")
+    env = dict(os.environ, CHIA=str(chia), OUT=str(tmp_path / "votes"), PYTHON=sys.executable)
+    done = subprocess.run(
+        ["bash", "benchmarks/votes/member.sh", str(run_dir), "m0"],
+        cwd=REPO, capture_output=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    record = json.loads((tmp_path / "votes" / "m0.metrics.json").read_text())
+    assert record["test"]["corpus"]["ner"]["f1"] > 0 and record["dev_by_epoch"][-1]["epoch"] > 0
+    dev = voting.read_extraction(tmp_path / "votes" / "m0.dev.jsonl.gz")
+    assert {c["doc_id"] for c in dev} == {"NCT3_exc"}
+    criteria = voting.read_extraction(tmp_path / "votes" / "m0.test.jsonl.gz")
+    assert {c["doc_id"] for c in criteria} == {"NCT1_inc", "NCT1_exc", "NCT3_exc"}
+    split = chia / "splits" / "test.txt"
+    schema = Schema.from_config(inference.saved_config(run_dir / "config.json").data)
+    gold, skipped = voting.corpus_gold(schema, chia / "brat", split)
+    assert not skipped
+    scored = voting.score(criteria, gold)
+    expected = inference.evaluate_folder(run_dir, chia / "brat", split)["corpus"]
+    assert expected["ner"]["tp"] > 0
+    for block in ("ner", "re_e2e", "re_e2e_boundaries"):
+        for count in ("tp", "fp", "fn"):
+            assert scored[block][count] == expected[block][count], (block, count)
+    with pytest.raises(UserError, match="--split_file needs a folder"):
+        extract.read_inputs(str(corpus / "brat" / "NCT1_inc.txt"), str(split))
 
 
 def test_non_utf8_input_names_the_file_and_line(tmp_path):
