@@ -57,8 +57,8 @@ def main(argv):
     output = cli.prepare_output(FLAGS.output, "output") if FLAGS.output else None
     scores_path = cli.prepare_output(FLAGS.scores, "scores") if FLAGS.scores else None
     runs = [voting.read_extraction(path) for path in FLAGS.extractions]
-    voted = voting.vote(runs, FLAGS.min_votes, FLAGS.extractions)
-    min_votes = FLAGS.min_votes or voting.majority(len(runs))
+    min_votes = voting.majority(len(runs)) if FLAGS.min_votes is None else FLAGS.min_votes
+    voted = voting.vote(runs, min_votes, FLAGS.extractions)
     if output is not None:
         with open(output, "w", encoding="utf-8") as f:
             for criterion in voted:
