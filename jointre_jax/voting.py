@@ -25,8 +25,7 @@ import json
 import pathlib
 from collections.abc import Sequence
 
-from jointre_jax.data.brat import BratFormatError, read_document
-from jointre_jax.data.corpus import find_documents, read_split_ids
+from jointre_jax.data.corpus import find_documents, read_or_skip, read_split_ids
 from jointre_jax.data.schema import Schema
 from jointre_jax.errors import UserError
 from jointre_jax.evaluation import CorpusGold, CorpusScorer
@@ -135,12 +134,8 @@ def vote(
             )
     voted, numbered = [], collections.Counter()
     for criteria in zip(*runs, strict=True):
-        entities, relations, texts, scores = (
-            collections.Counter(),
-            collections.Counter(),
-            {},
-            collections.defaultdict(list),
-        )
+        entities, relations = collections.Counter(), collections.Counter()
+        texts, scores = {}, collections.defaultdict(list)  # the first text, every score
         for criterion in criteria:
             keys, rels = criterion_keys(criterion)
             entities.update(set(keys))
@@ -194,12 +189,11 @@ def corpus_gold(
     ids = read_split_ids(split_file) if split_file else None
     gold, skipped = CorpusGold(schema), []
     for path in find_documents(brat_dir, ids, split_file):
-        try:
-            gold.add_document(read_document(path, lenient=lenient))
-        except BratFormatError as err:
-            if not lenient:
-                raise
-            skipped.append(str(err))
+        doc, problem = read_or_skip(path, lenient)
+        if doc is None:
+            skipped.append(problem)
+        else:
+            gold.add_document(doc)
     return gold, skipped
 
 

@@ -14,7 +14,7 @@ import pathlib
 from tqdm.auto import tqdm
 
 from jointre_jax.data.accounting import Accounting
-from jointre_jax.data.brat import BratFormatError, read_document, read_text
+from jointre_jax.data.brat import BratFormatError, Document, read_document, read_text
 from jointre_jax.data.encode import Encoder, Example
 from jointre_jax.data.schema import Schema
 from jointre_jax.data.tokenization import load_tokenizer
@@ -116,6 +116,17 @@ def make_encoder(config) -> Encoder:
     )
 
 
+def read_or_skip(path, lenient: bool) -> tuple[Document | None, str]:
+    """(the BRAT document of ``path``, ""); a document that cannot be read at all raises, or
+    in lenient mode gives (None, the error's message) for the caller to count."""
+    try:
+        return read_document(path, lenient=lenient), ""
+    except BratFormatError as err:
+        if not lenient:
+            raise
+        return None, str(err)
+
+
 def encode_files(
     txt_paths, encoder: Encoder, name: str = "", progress: bool = True, gold=None
 ) -> tuple[list[Example], Accounting]:
@@ -130,14 +141,11 @@ def encode_files(
     total = Accounting()
     for path in tqdm(txt_paths, desc=f"reading {name}".strip(), disable=not progress, leave=False):
         acc = Accounting()
-        try:
-            doc = read_document(path, lenient=encoder.lenient)
-        except BratFormatError as err:
-            if not encoder.lenient:
-                raise
+        doc, problem = read_or_skip(path, encoder.lenient)
+        if doc is None:
             acc.skipped["unreadable_document"] += 1
-            acc.messages.append(str(err))
-            logging.warning("skipped %s", err)
+            acc.messages.append(problem)
+            logging.warning("skipped %s", problem)
         else:
             examples.extend(encoder.encode_document(doc, acc))
             if gold is not None:
