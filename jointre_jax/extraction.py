@@ -41,10 +41,22 @@ class Entity:
     text: str
     fragments: tuple[tuple[int, int], ...] = ()
 
+    @classmethod
+    def from_spans(cls, entity_id: str, kind: str, spans, text: str) -> Entity:
+        """The entity of character ``spans`` [(start, end)] in text order: one span, a
+        contiguous entity; more, its fragments."""
+        spans = tuple((int(a), int(b)) for a, b in spans)
+        fragments = spans if len(spans) > 1 else ()
+        return cls(entity_id, kind, spans[0][0], spans[-1][1], text, fragments)
+
     @property
     def spans(self) -> tuple[tuple[int, int], ...]:
         """Its character span(s) in the document: the fragments, or the one span."""
         return self.fragments or ((self.start, self.end),)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of the fields above (``fragments`` as [[start, end]])."""
+        return {**dataclasses.asdict(self), "fragments": [list(s) for s in self.fragments]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +88,7 @@ class Criterion:
         """JSON-ready dict: the fields above, entities and relations as dicts (an entity's
         ``fragments`` as [[start, end]], empty when it is contiguous)."""
         out = dataclasses.asdict(self)
-        for entity in out["entities"]:
-            entity["fragments"] = [list(span) for span in entity["fragments"]]
+        out["entities"] = [entity.to_dict() for entity in self.entities]
         return out
 
 
@@ -173,14 +184,11 @@ class Extractor:
         criterion = criteria[-1]
         ids = []
         for number, entity in enumerate(prediction.entities, start=numbered + 1):
-            spans = tuple((criterion.start + a, criterion.start + b) for a, b in entity.char_spans)
+            spans = [(criterion.start + a, criterion.start + b) for a, b in entity.char_spans]
             text = " ".join(result.text[a:b] for a, b in spans)
-            fragments = spans if len(spans) > 1 else ()
-            entity_id = f"T{number}"
             kind = self.schema.entity_types[entity.label]
-            start, end = spans[0][0], spans[-1][1]
-            criterion.entities.append(Entity(entity_id, kind, start, end, text, fragments))
-            ids.append(entity_id)
+            criterion.entities.append(Entity.from_spans(f"T{number}", kind, spans, text))
+            ids.append(f"T{number}")
         for head, tail, label, score in prediction.relations:
             kind = self.schema.relation_labels[label]
             criterion.relations.append(Relation(kind, ids[head], ids[tail], round(score, 4)))

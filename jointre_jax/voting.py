@@ -29,6 +29,7 @@ from jointre_jax.data.corpus import find_documents, read_or_skip, read_split_ids
 from jointre_jax.data.schema import Schema
 from jointre_jax.errors import UserError
 from jointre_jax.evaluation import CorpusGold, CorpusScorer
+from jointre_jax.extraction import Entity
 
 # The fields of a criterion of extract's jsonl output that a vote reads.
 CRITERION_FIELDS = ("doc_id", "line", "start", "end", "text", "entities", "relations")
@@ -151,16 +152,8 @@ def vote(
         for kind, spans in kept:
             numbered[doc] += 1
             ids[kind, spans] = f"T{numbered[doc]}"
-            out["entities"].append(
-                {
-                    "id": ids[kind, spans],
-                    "type": kind,
-                    "start": spans[0][0],
-                    "end": spans[-1][1],
-                    "text": texts[kind, spans],
-                    "fragments": [list(s) for s in spans] if len(spans) > 1 else [],
-                }
-            )
+            entity = Entity.from_spans(ids[kind, spans], kind, spans, texts[kind, spans])
+            out["entities"].append(entity.to_dict())
         out["relations"] = [
             {
                 "type": kind,
