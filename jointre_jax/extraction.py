@@ -187,8 +187,9 @@ class Extractor:
             spans = [(criterion.start + a, criterion.start + b) for a, b in entity.char_spans]
             text = " ".join(result.text[a:b] for a, b in spans)
             kind = self.schema.entity_types[entity.label]
-            criterion.entities.append(Entity.from_spans(f"T{number}", kind, spans, text))
-            ids.append(f"T{number}")
+            entity_id = f"T{number}"
+            criterion.entities.append(Entity.from_spans(entity_id, kind, spans, text))
+            ids.append(entity_id)
         for head, tail, label, score in prediction.relations:
             kind = self.schema.relation_labels[label]
             criterion.relations.append(Relation(kind, ids[head], ids[tail], round(score, 4)))

@@ -20,6 +20,7 @@ the same keys).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gzip
 import json
 import pathlib
@@ -29,7 +30,7 @@ from jointre_jax.data.corpus import find_documents, read_or_skip, read_split_ids
 from jointre_jax.data.schema import Schema
 from jointre_jax.errors import UserError
 from jointre_jax.evaluation import CorpusGold, CorpusScorer
-from jointre_jax.extraction import Entity
+from jointre_jax.extraction import Entity, Relation
 
 # The fields of a criterion of extract's jsonl output that a vote reads.
 CRITERION_FIELDS = ("doc_id", "line", "start", "end", "text", "entities", "relations")
@@ -155,17 +156,19 @@ def vote(
             entity = Entity.from_spans(ids[kind, spans], kind, spans, texts[kind, spans])
             out["entities"].append(entity.to_dict())
         out["relations"] = [
-            {
-                "type": kind,
-                "head": ids[head],
-                "tail": ids[tail],
-                "score": round(sum(scores[kind, head, tail]) / len(scores[kind, head, tail]), 4),
-            }
+            dataclasses.asdict(
+                Relation(kind, ids[head], ids[tail], _mean(scores[kind, head, tail]))
+            )
             for (kind, head, tail), n in sorted(relations.items(), key=_relation_order)
             if n >= min_votes
         ]
         voted.append(out)
     return voted
+
+
+def _mean(scores: list[float]) -> float:
+    """The mean of a kept relation's scores, to 4 decimals as ``extract`` writes a score."""
+    return round(sum(scores) / len(scores), 4)
 
 
 def _relation_order(item):
