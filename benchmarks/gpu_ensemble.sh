@@ -12,7 +12,11 @@
 # (benchmarks/variant_sweep.py's table). SEEDS: default 0,...,8. VARIANTS: variant_sweep's
 # variants, default base (VARIANTS=base,neg03 with SEEDS 0,1,2 trains six runs and scores
 # one ensemble of each). EXTRA: more variant_sweep arguments (a CPU smoke run:
-# EXTRA='--set num_epochs=1 --set data.max_train_examples=32').
+# EXTRA='--set num_epochs=1 --set data.max_train_examples=32'). MEMBERS=1: afterwards, every
+# run that finished (its metrics.json) also saves its dev and test extractions as a vote member,
+# OUT/votes/RUN.{dev,test}.jsonl.gz and RUN.metrics.json (benchmarks/votes/member.sh, all at
+# once; give DEADLINE about 60 s less than the call's limit for them). Copy those files into
+# benchmarks/votes/ here to vote them with CPU runs of the same recipe.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -47,7 +51,7 @@ fi
 
 OUT=${1:?usage: gpu_ensemble.sh OUT [SEEDS] | --prepare}
 SEEDS=${2:-0,1,2,3,4,5,6,7,8}
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 if ! "$PY" -c "import ml_collections" 2>/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site .gpu/whl/*.whl
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
@@ -65,3 +69,17 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpu.txt" 
     --poll=20 --out="$OUT" --workdirs="${WORKDIRS:-/tmp/sweep}" ${EXTRA:-}
 "$PY" -m benchmarks.variant_sweep --config=x --workdirs=x --report="$OUT/sweep.json" \
     --out="$OUT/ensemble.md" --machine="$(cat "$OUT/gpu.txt")"
+if [ -n "${MEMBERS:-}" ]; then
+    mkdir -p "$OUT/votes"
+    for run in "${WORKDIRS:-/tmp/sweep}"/*/; do
+        name=$(basename "$run")
+        if [ ! -f "$run/metrics.json" ]; then
+            echo "not saved as a vote member: $name (unfinished: no metrics.json)" | tee -a "$OUT/votes/skipped.txt"
+            continue
+        fi
+        OUT="$OUT/votes" CHIA=.gpu/chia PYTHON="$PY" bash benchmarks/votes/member.sh "$run" "$name" \
+            > "$OUT/votes/$name.log" 2>&1 &
+    done
+    wait
+    ls "$OUT/votes"
+fi
