@@ -73,12 +73,10 @@ if [ -n "${MEMBERS:-}" ]; then
     mkdir -p "$OUT/votes"
     for run in "${WORKDIRS:-/tmp/sweep}"/*/; do
         name=$(basename "$run")
-        if [ ! -f "$run/metrics.json" ]; then
-            echo "not saved as a vote member: $name (unfinished: no metrics.json)" | tee -a "$OUT/votes/skipped.txt"
-            continue
-        fi
-        OUT="$OUT/votes" CHIA=.gpu/chia PYTHON="$PY" bash benchmarks/votes/member.sh "$run" "$name" \
-            > "$OUT/votes/$name.log" 2>&1 &
+        # member.sh itself refuses an unfinished run (no metrics.json); any failure is listed.
+        (OUT="$OUT/votes" CHIA=.gpu/chia PYTHON="$PY" bash benchmarks/votes/member.sh "$run" "$name" \
+            > "$OUT/votes/$name.log" 2>&1 ||
+            echo "not saved as a vote member: $name (votes/$name.log)" | tee -a "$OUT/votes/skipped.txt") &
     done
     wait
     ls "$OUT/votes"
