@@ -1,6 +1,7 @@
 """Majority votes of saved extractions (:mod:`jointre_jax.voting`, ``python -m
 jointre_jax.vote``): what a vote keeps, its numbering and scores, bad files named by file and
-line, and scores against the corpus gold on a hand-made document with known counts."""
+line, scores against the corpus gold on a hand-made document with known counts, and the
+recorded votes of benchmarks/votes/ rescored from their saved members against Chia's gold."""
 
 import gzip
 import json
@@ -9,11 +10,11 @@ import sys
 
 import pytest
 
-from configs import default
+from configs import default, minilm_span
 from jointre_jax import voting
 from jointre_jax.data.schema import Schema
 from jointre_jax.errors import UserError
-from tests.conftest import REPO, write_brat
+from tests.conftest import CHIA_DIR, REPO, needs_chia, write_brat
 
 TEXT = "no breast or lung cancer\nHbA1c > 7 %\n"
 # Entities of the document: (type, spans) keys.
@@ -213,3 +214,48 @@ def test_the_cli_writes_the_vote_and_its_scores(tmp_path):
         cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "no.jsonl: extraction file not found" in bad.stderr
+
+
+@needs_chia
+def test_the_recorded_votes_rescore_from_their_saved_members():
+    """benchmarks/votes/: every committed ``vote_*.{dev,test}.json`` (the figures of its README
+    and of issue 10's record) is what its committed members score and vote to against Chia's
+    corpus gold today, count for count; and each member scored alone on test counts what its
+    run's own ``metrics.json`` ``corpus`` block counted. A change of the scorer, the gold reader
+    or the vote that would move a recorded figure fails here."""
+    votes = REPO / "benchmarks" / "votes"
+    records = sorted(votes.glob("vote_*.json"))
+    assert len(records) >= 4, records  # two votes, dev and test, so far
+    schema = Schema.from_config(minilm_span.get_config().data)
+    golds = {}
+    members_seen = set()
+    for record_path in records:
+        split = record_path.name.split(".")[-2]
+        record = json.loads(record_path.read_text())
+        if split not in golds:
+            golds[split] = voting.corpus_gold(
+                schema, CHIA_DIR / "brat", CHIA_DIR / "splits" / f"{split}.txt", True
+            )
+        gold, skipped = golds[split]
+        assert skipped == record["skipped"]
+        names = [name for name in record["scores"] if name != "vote"]
+        seeds = record_path.name.split(".")[0].removeprefix("vote_").split("_")
+        assert names == [f"benchmarks/votes/neg03_{seed}.{split}.jsonl.gz" for seed in seeds]
+        runs = [voting.read_extraction(REPO / name) for name in names]
+        scored = {n: voting.score(run, gold, n) for n, run in zip(names, runs, strict=True)}
+        scored["vote"] = voting.score(voting.vote(runs, record["min_votes"]), gold)
+        assert record["min_votes"] == voting.majority(len(runs))
+        for name, expected in record["scores"].items():
+            for block in ("ner", "re_e2e", "re_e2e_boundaries"):
+                counts = [scored[name][block][k] for k in ("tp", "fp", "fn")]
+                assert counts == [expected[block][k] for k in ("tp", "fp", "fn")], (
+                    record_path.name, name, block)  # fmt: skip
+        if split == "test":
+            for name in names:
+                member = name.removeprefix("benchmarks/votes/").removesuffix(".test.jsonl.gz")
+                own = json.loads((votes / f"{member}.metrics.json").read_text())["test"]["corpus"]
+                for block in ("ner", "re_e2e", "re_e2e_boundaries"):
+                    for k in ("tp", "fp", "fn"):
+                        assert scored[name][block][k] == own[block][k], (member, block, k)
+                members_seen.add(member)
+    assert len(members_seen) >= 6
