@@ -16,6 +16,8 @@ from jointre_jax.data.schema import Schema
 from jointre_jax.errors import UserError
 from tests.conftest import CHIA_DIR, REPO, needs_chia, write_brat
 
+# The count blocks of a score (voting.score, evaluate's corpus block) that a record must match.
+SCORED_BLOCKS = ("ner", "re_e2e", "re_e2e_boundaries")
 TEXT = "no breast or lung cancer\nHbA1c > 7 %\n"
 # Entities of the document: (type, spans) keys.
 NO = ("Negation", ((0, 2),))
@@ -226,15 +228,20 @@ def test_the_recorded_votes_rescore_from_their_saved_members():
     votes = REPO / "benchmarks" / "votes"
     records = sorted(votes.glob("vote_*.json"))
     assert len(records) >= 4, records  # two votes, dev and test, so far
-    schema = Schema.from_config(minilm_span.get_config().data)
+    data = minilm_span.get_config().data
     golds = {}
     members_seen = set()
+
+    def counts(result):
+        return {b: [result[b][k] for k in ("tp", "fp", "fn")] for b in SCORED_BLOCKS}
+
     for record_path in records:
         split = record_path.name.split(".")[-2]
         record = json.loads(record_path.read_text())
         if split not in golds:
+            split_file = CHIA_DIR / "splits" / f"{split}.txt"
             golds[split] = voting.corpus_gold(
-                schema, CHIA_DIR / "brat", CHIA_DIR / "splits" / f"{split}.txt", True
+                Schema.from_config(data), CHIA_DIR / "brat", split_file, bool(data.lenient)
             )
         gold, skipped = golds[split]
         assert skipped == record["skipped"]
@@ -246,16 +253,11 @@ def test_the_recorded_votes_rescore_from_their_saved_members():
         scored["vote"] = voting.score(voting.vote(runs, record["min_votes"]), gold)
         assert record["min_votes"] == voting.majority(len(runs))
         for name, expected in record["scores"].items():
-            for block in ("ner", "re_e2e", "re_e2e_boundaries"):
-                counts = [scored[name][block][k] for k in ("tp", "fp", "fn")]
-                assert counts == [expected[block][k] for k in ("tp", "fp", "fn")], (
-                    record_path.name, name, block)  # fmt: skip
+            assert counts(scored[name]) == counts(expected), (record_path.name, name)
         if split == "test":
             for name in names:
                 member = name.removeprefix("benchmarks/votes/").removesuffix(".test.jsonl.gz")
                 own = json.loads((votes / f"{member}.metrics.json").read_text())["test"]["corpus"]
-                for block in ("ner", "re_e2e", "re_e2e_boundaries"):
-                    for k in ("tp", "fp", "fn"):
-                        assert scored[name][block][k] == own[block][k], (member, block, k)
+                assert counts(scored[name]) == counts(own), member
                 members_seen.add(member)
     assert len(members_seen) >= 6
