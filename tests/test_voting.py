@@ -18,6 +18,8 @@ from tests.conftest import CHIA_DIR, REPO, needs_chia, write_brat
 
 # The count blocks of a score (voting.score, evaluate's corpus block) that a record must match.
 SCORED_BLOCKS = ("ner", "re_e2e", "re_e2e_boundaries")
+# The disjoint votes of benchmarks/votes/README.md's plan, fixed before any member was scored.
+PLANNED_VOTES = ("s6_s7_s8", "s9_s10_s11", "s12_s13_s14")
 TEXT = "no breast or lung cancer\nHbA1c > 7 %\n"
 # Entities of the document: (type, spans) keys.
 NO = ("Negation", ((0, 2),))
@@ -227,7 +229,9 @@ def test_the_recorded_votes_rescore_from_their_saved_members():
     reader or the vote that would move a recorded figure fails here."""
     votes = REPO / "benchmarks" / "votes"
     records = sorted(votes.glob("vote_*.json"))
-    assert len(records) >= 4, records  # two votes, dev and test, so far
+    # The plan's three votes (benchmarks/votes/README.md), each on dev and test, are all recorded.
+    planned = {f"vote_{m}.{s}.json" for m in PLANNED_VOTES for s in ("dev", "test")}
+    assert planned <= {path.name for path in records}, records
     data = minilm_span.get_config().data
     # split: (its corpus gold, what the gold reader skipped)
     golds = {
@@ -262,7 +266,7 @@ def test_the_recorded_votes_rescore_from_their_saved_members():
         for name, expected in record["scores"].items():
             assert counts(results[name]) == counts(expected), (record_path.name, name)
     saved = sorted(votes.glob("*.metrics.json"))
-    assert len(saved) >= 7, saved  # seeds 6-12 so far
+    assert len(saved) >= 3 * len(PLANNED_VOTES), saved  # every planned vote's members
     for path in saved:
         name = f"benchmarks/votes/{path.name.removesuffix('.metrics.json')}.test.jsonl.gz"
         own = json.loads(path.read_text())["test"]["corpus"]
