@@ -39,12 +39,16 @@ browser:
 	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; } && \
 	  echo "browser: installed chromium"; } || echo "browser: chromium not installed (the browser test will skip)"
 
-# A short training run: Chia + MiniLM from ../shared when present, else the shipped sample.
+# A short training run: Chia + MiniLM from ../shared when present, else the shipped sample;
+# then the README's quickstart: three trials' records through it, as a page to review.
 demo: $(STAMP)
-	$(PY) -m jointre_jax.demo --config=configs/demo.py --workdir=workdirs/demo
+	$(VENV)/bin/jointre demo --config=configs/demo.py --workdir=workdirs/demo
+	$(VENV)/bin/jointre extract --workdir=workdirs/demo --input=docs/chia_test_records.json \
+	    --format=html --output=workdirs/demo/review.html
+	@echo "demo: open workdirs/demo/review.html in a browser to review the extraction"
 
 report: $(STAMP)
-	$(PY) -m jointre_jax.data.report --config=configs/minilm_m2.py
+	$(PY) -m jointre_jax.tools.report --config=configs/minilm_m2.py
 
 # JAX vs PyTorch and bucketed vs fixed-length throughput on this machine (under 10 minutes).
 bench: $(STAMP)
@@ -57,7 +61,7 @@ bench-extract: $(STAMP)
 
 # The Table 4 grid on the CPU budget (9 rows x 3 seeds, about 1 h 40 min on 2 cores); resumable.
 table4: $(STAMP)
-	$(PY) -m jointre_jax.grid --config=configs/minilm_table4_cpu.py --workdir=runs/table4 --seeds=0,1,2
+	$(PY) -m jointre_jax.tools.grid --config=configs/minilm_table4_cpu.py --workdir=runs/table4 --seeds=0,1,2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

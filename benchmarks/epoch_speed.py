@@ -39,12 +39,13 @@ def _define_flags() -> None:
     flags.DEFINE_enum("mode", "", ["", "packed", "bucketed"], "Internal: run one mode here.")
 
 
-def one_epoch(config, steps: int) -> dict:
+def one_epoch(config, limit: int) -> dict:
     """Trains one epoch plan of ``config`` in this process; the timings of the docstring."""
     import jax
 
     from benchmarks.throughput import process_start
-    from jointre_jax import parallel, runtime
+    from jointre_jax import parallel, runtime, steps
+    from jointre_jax import state as state_lib
     from jointre_jax.data.corpus import load_split, make_encoder
     from jointre_jax.data.packing import make_batcher
 
@@ -53,11 +54,11 @@ def one_epoch(config, steps: int) -> dict:
     runtime.resolve_sizes(config, data.examples)
     bert, weights_dir = runtime.encoder_config(config)
     batcher = make_batcher(config, data.examples, encoder.scheme, training=True)
-    plan = batcher.epoch_plan(0)[: steps or None]
+    plan = batcher.epoch_plan(0)[: limit or None]
     model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
     mesh = runtime.make_mesh(config)
-    state = runtime.create_state(config, model, weights_dir, len(plan), mesh)
-    train = runtime.jit_train_step(mesh, state, runtime.loss_options(config, encoder.scheme))
+    state = state_lib.create_state(config, model, weights_dir, len(plan), mesh)
+    train = steps.jit_train_step(mesh, state, runtime.loss_options(config, encoder.scheme))
     sharding = parallel.batch_sharding(mesh)
     rng = jax.random.key(0)
     first = None

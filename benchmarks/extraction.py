@@ -4,7 +4,7 @@
         [--rounds=2] [--json=FILE]
 
 Times ``Extractor.extract`` plus the JSON-lines serialisation of its output, the whole of what
-``python -m jointre_jax.extract`` does between reading the input and writing it, on the raw
+``python -m jointre_jax.tools.extract`` does between reading the input and writing it, on the raw
 ``.txt`` documents of a split of the run's corpus (default: Chia's test split) or on
 ``--input``. The first pass compiles the run's shapes (``cold``); later passes alternate the
 run's own batches (packed rows, or length buckets for a run trained before packing: ``warm``)
@@ -30,8 +30,9 @@ from benchmarks.throughput import machine, print_and_save
 from jointre_jax import cli
 from jointre_jax.data.brat import read_text
 from jointre_jax.data.corpus import split_documents
-from jointre_jax.extract import read_inputs, write_jsonl
+from jointre_jax.data.inputs import read_inputs
 from jointre_jax.extraction import Extractor, iter_records
+from jointre_jax.writers import write_jsonl
 
 FLAGS = flags.FLAGS
 
@@ -99,7 +100,7 @@ def run(extractor: Extractor, doc_ids, texts, rounds: int = 2) -> dict:
         "fixed": rate(fixed_seconds),
         "speedup": fixed_seconds / warm,
         "encode_seconds": encode,
-        "packing": bool(extractor.config.data.get("packing", False)),
+        "packing": bool(extractor.config.data.packing),
         "compiled_shapes": compiled,
         "bucket_boundaries": list(extractor.config.data.bucket_boundaries),
         "eval_batch_size": int(extractor.config.data.eval_batch_size),

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Nine seeds of configs/minilm_span.py side by side on one GPU (H100/H200), then three
-# disjoint three-seed ensembles ({0,1,2}, {3,4,5}, {6,7,8}; jointre_jax.evaluate --ensemble)
+# disjoint three-seed ensembles ({0,1,2}, {3,4,5}, {6,7,8}; jointre_jax.tools.evaluate --ensemble)
 # scored on dev and test against the corpus gold: one command of at most 10 minutes.
 #
 # Here (a machine with ../shared and the project's .venv), once:

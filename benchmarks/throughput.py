@@ -41,7 +41,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jointre_jax import cli, parallel, runtime
+from jointre_jax import cli, parallel, runtime, steps
+from jointre_jax import state as state_lib
 from jointre_jax.data.batching import Batcher, PlannedBatch, padding_stats
 from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.data.packing import make_batcher
@@ -148,10 +149,10 @@ class JaxSide:
     def __init__(self, config, scheme, schema, bert, weights_dir):
         self.model = runtime.create_model(config, scheme, schema.num_relation_labels, bert)
         self.mesh = runtime.make_mesh(config)
-        self.initial = runtime.create_state(config, self.model, weights_dir, 10_000, self.mesh)
+        self.initial = state_lib.create_state(config, self.model, weights_dir, 10_000, self.mesh)
         options = runtime.loss_options(config, scheme)
-        self.train_fn = runtime.jit_train_step(self.mesh, self.initial, options)
-        self.predict_fn = runtime.jit_predict_step(self.mesh, self.initial.params, self.model)
+        self.train_fn = steps.jit_train_step(self.mesh, self.initial, options)
+        self.predict_fn = steps.jit_predict_step(self.mesh, self.initial.params, self.model)
         self.sharding = parallel.batch_sharding(self.mesh)
         self.rng = jax.random.key(0)
         self.state = None
@@ -276,7 +277,7 @@ def run(
     bert, weights_dir = runtime.encoder_config(config)
     runtime.resolve_sizes(config, data.examples)
     boundaries, size = config.data.bucket_boundaries, config.data.batch_size
-    scheme, packed = encoder.scheme, bool(config.data.get("packing", False))
+    scheme, packed = encoder.scheme, bool(config.data.packing)
     compare = packed and buckets  # packed rows timed against the bucketed plan
     slots = int(config.model.max_entities)
     buckets = Batcher(data.examples, boundaries, size, config.seed, scheme, slots)

@@ -13,7 +13,7 @@ its own workdir; ``--out/sweep.json`` is rewritten every ``--poll`` seconds with
 metrics so far, so a sweep cut off at ``--deadline`` still leaves all it measured. Variants
 are chosen on dev only; the test scores are those each run writes to ``metrics.json``.
 
-``--ensemble_size=K`` then scores ensembles (``jointre_jax.evaluate --ensemble``, mean
+``--ensemble_size=K`` then scores ensembles (``jointre_jax.tools.evaluate --ensemble``, mean
 probabilities) of each variant's finished seeds, in disjoint groups of K in seed order (seeds
 0-8 and K=3: {0,1,2}, {3,4,5}, {6,7,8}, three independent ensembles), on dev and test; the
 runs must leave ``--ensemble_seconds`` of the deadline for it.
@@ -167,7 +167,7 @@ def ensemble_groups(rows: list[dict], size: int) -> list[list[dict]]:
 
 
 def launch_ensembles(args, groups: list[list[dict]]) -> list[dict]:
-    """Starts ``jointre_jax.evaluate`` of every group on its runs' dev and test splits, all at
+    """Starts ``jointre_jax.tools.evaluate`` of every group on its runs' dev and test splits, all at
     once; returns what :func:`ensemble_rows` reads."""
     jobs = []
     for group in groups:
@@ -177,7 +177,7 @@ def launch_ensembles(args, groups: list[list[dict]]) -> list[dict]:
         for role, split in (("dev", data["eval_split"]), ("test", data["test_split"])):
             out = pathlib.Path(args.workdirs) / f"{name}_{role}.json"
             command = [
-                sys.executable, "-m", "jointre_jax.evaluate", f"--workdir={first}",
+                sys.executable, "-m", "jointre_jax.tools.evaluate", f"--workdir={first}",
                 "--ensemble=" + ",".join(str(pathlib.Path(args.workdirs) / r["run"]) for r in rest),
                 f"--brat_dir={pathlib.Path(data['dir']) / 'brat'}",
                 f"--split_file={pathlib.Path(data['dir']) / 'splits' / f'{split}.txt'}",
@@ -214,8 +214,8 @@ def ensemble_markdown(rows: list[dict]) -> list[str]:
     prf = lambda c: " / ".join(pct(c[m]) for m in ("precision", "recall", "f1"))  # noqa: E731
     lines = [
         "",
-        "Ensembles (``jointre_jax.evaluate --ensemble``: the members' mean probabilities), each"
-        " of its own seeds, each run at its best dev epoch (of those done: a run the deadline cut"
+        "Ensembles (``jointre evaluate --ensemble``: the members' mean probabilities), each of"
+        " its own seeds, each run at its best dev epoch (of those done: a run the deadline cut"
         " off joins too); F1 in percent against the corpus gold. Members' test: the mean of the"
         " members' own test F1 (NER / RE).",
         "",

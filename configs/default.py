@@ -96,7 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.max_train_examples = 0
     # Evaluate on at most this many dev and test examples (0 = all); for quick experiments.
     config.data.max_eval_examples = 0
-    # A teacher's span distributions of the train split (python -m jointre_jax.teach): the soft
+    # A teacher's span distributions of the train split (jointre teach): the soft
     # targets of model.distillation_weight ("" = none).
     config.data.teacher_file = ""
     # Maximum wordpieces per example, [CLS] and [SEP] included (paper: 128). Longer criteria

@@ -3,7 +3,7 @@
 With Chia and the MiniLM (../shared, or JOINTRE_DATA_DIR / JOINTRE_ENCODER): the joint model
 with the span decoder (``configs/minilm_span.py``) on the first 2,048 training criteria for 2
 epochs. Without them: ``data.dir`` and
-``model.encoder`` stay empty and ``jointre_jax.demo`` writes the project's own annotated sample
+``model.encoder`` stay empty and ``jointre demo`` writes the project's own annotated sample
 and a small randomly initialised encoder into the workdir.
 """
 

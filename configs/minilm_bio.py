@@ -6,8 +6,8 @@ The training recipe of ``configs/minilm_span.py`` (7 epochs, batch 8, NER loss w
 encoder 1e-4, heads 5e-4), not searched separately: the comparison of the two decoders
 changes the decoder alone. The span config's later additions stay out: boundary smoothing and
 the [CLS] context of the span-content term belong to the span decoder, and dropout 0.2 and
-adversarial word embeddings were chosen for it alone. The README's BIO row predates packed
-rows: ``--config.data.packing=False`` gives its length buckets.
+adversarial word embeddings were chosen for it alone. The BIO row of docs/results.md
+predates packed rows: ``--config.data.packing=False`` gives its length buckets.
 """
 
 from configs import minilm_span
@@ -18,7 +18,8 @@ def get_config():
     config = minilm_span.get_config()
     config.model.ner_decoder = "bio"
     config.model.discontinuous = False  # BIO cannot hold fragments: they stay dropped
-    config.model.span_context = False  # span-decoder options
+    config.model.span_context = False  # span-decoder options (the BIO head never read them)
+    config.model.span_pooling_dim = 0
     config.model.boundary_smoothing = 0.0
     config.model.dropout_rate = 0.1  # as when the BIO row was measured
     config.model.adversarial_epsilon = 0.0

@@ -3,7 +3,7 @@
 3 epochs at lr 2e-4 (192 optimiser steps), four length buckets (fewer compilations per row);
 dev and test are evaluated whole, dev after each epoch only:
 
-    python -m jointre_jax.grid --config=configs/minilm_table4_cpu.py --workdir=runs/table4 \
+    python -m jointre_jax.tools.grid --config=configs/minilm_table4_cpu.py --workdir=runs/table4 \
         --seeds=0,1,2
 
 (1,024 criteria for 2 epochs at 1e-4, 64 steps, proved too few here: NER F1 stayed below 30.)

@@ -9,7 +9,7 @@ import pathlib
 import sys
 
 from jointre_jax.data.brat import read_text
-from jointre_jax.trials import study_from_brat
+from jointre_jax.data.trials import study_from_brat
 
 
 def main(chia: str, split: str, count: str) -> None:

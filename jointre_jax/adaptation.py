@@ -15,15 +15,16 @@ frozen, before both train together. The result is a folder that ``config.model.e
 name: ``flax_model.msgpack`` (FlaxBertModel's layout), the source's ``config.json`` and
 tokenizer files, and ``adaptation.json`` (what was done, with the losses).
 
-The loop is the training loop's in small: the config's ``(data, fsdp)`` mesh
-(``config.num_devices``, ``config.sharding``; :mod:`jointre_jax.parallel`), each process
-building its own rows, a jitted, pure :func:`adaptation_step` with explicit shardings and the
-state donated, a deterministic plan per (seed, epoch) and masks per (seed, step, process),
-orbax checkpoints every ``checkpoint_every`` steps and at each epoch's end (with the settings:
-another schedule never resumes them), so a killed run resumes at its step and ends with the
-same encoder; ``metrics.jsonl`` gets a line per epoch: the mean training loss and the
-held-out loss, that of the ``config.data.eval_split`` criteria (read, never trained on) with
-masks chosen once, the same for every epoch, seed and encoder (:func:`heldout_batches`).
+The loop is the training loop (:class:`jointre_jax.train.Loop`), with the state made by
+:func:`jointre_jax.state.shard_state` and the step jitted by :func:`jointre_jax.steps.jit_step`
+on the config's ``(data, fsdp)`` mesh; this module keeps only its loss, its data and its
+masks. Each process builds its own rows, the plan is deterministic per (seed, epoch) and the
+masks per (seed, step, process), orbax checkpoints come every ``checkpoint_every`` steps and
+at each epoch's end (with the settings: another schedule never resumes them), so a killed run
+resumes at its step and ends with the same encoder; ``metrics.jsonl`` gets a line per epoch:
+the mean training loss and the held-out loss, that of the ``config.data.eval_split`` criteria
+(read, never trained on) with masks chosen once, the same for every epoch, seed and encoder
+(:func:`heldout_batches`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import functools
 import json
 import pathlib
 import shutil
-import time
 
 import flax.linen as nn
 import jax
@@ -42,16 +42,16 @@ import optax
 from flax import serialization
 from flax.training import train_state
 from jax.experimental import multihost_utils
-from tqdm.auto import tqdm
 
-from jointre_jax import parallel, runtime
-from jointre_jax.checkpoints import checkpoint_manager, restore_latest, save
+from jointre_jax import optim, parallel, runtime, steps, validation
+from jointre_jax import state as state_lib
+from jointre_jax.checkpoints import checkpoint_manager, restore_latest
 from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.data.packing import PackedBatcher, mean_length, row_length, rows_for
 from jointre_jax.errors import UserError
 from jointre_jax.model.bert import ACTIVATIONS, BertConfig, BertModel
 from jointre_jax.model.pretrained import load_weights, merge_pretrained
-from jointre_jax.train import append_log, truncate_log
+from jointre_jax.train import Loop, truncate_log
 
 TOKENIZER_FILES = (
     "vocab.txt",
@@ -158,7 +158,7 @@ def heldout_batches(
     ``config.data.eval_split`` packed in order, ``rows`` a batch, their targets chosen once by
     :func:`choose_targets` from (batch, process) alone, so that every epoch, seed and adapted
     encoder is scored on the same masks. Empty without an eval split."""
-    split = config.data.get("eval_split")
+    split = config.data.eval_split
     if not split:
         return []
     examples = load_split(config, split, encoder).examples
@@ -232,8 +232,8 @@ def adaptation_step(state: train_state.TrainState, batch: dict, rng):
         total, count = masked_lm_loss(logits, batch)
         return total / jnp.maximum(count, 1.0), (total, count)
 
-    grads, (total, count) = jax.grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(grads=grads), {"loss_sum": total, "targets": count}
+    (loss, (total, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads), {"loss_sum": total, "targets": count, "loss": loss}
 
 
 def adapt_encoder(
@@ -252,6 +252,7 @@ def adapt_encoder(
     """Adapts ``config.model.encoder`` to the text of ``config.data.train_split`` (see the
     module docstring) and writes the adapted encoder's folder to ``out``; returns the
     summary written to ``out/adaptation.json``. ``batch_size``: criteria per step (about)."""
+    validation.validate(config)
     out = pathlib.Path(out)
     encoder = make_encoder(config)
     data = load_split(config, config.data.train_split, encoder)
@@ -285,25 +286,17 @@ def adapt_encoder(
     head = pretrained_head(weights_dir)
     if head is not None:
         params = {**params, **head}
-    schedule = runtime.warmup_linear_decay(learning_rate, total_steps, warmup)
+    schedule = optim.warmup_linear_decay(learning_rate, total_steps, warmup)
     tx = adaptation_optimizer(schedule, weight_decay, head_steps)
 
-    def new_state(params):  # a strict int32 step, as restored checkpoints have
-        state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-        return state.replace(step=jnp.zeros((), jnp.int32))
+    def new_state(params):
+        return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
-    shardings = parallel.state_shardings(
-        jax.eval_shape(new_state, params), mesh, config.sharding.fsdp_min_size
-    )
-    state = jax.jit(new_state, out_shardings=shardings)(params)
+    state = state_lib.shard_state(new_state, params, mesh, config.sharding.fsdp_min_size)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
     batch_sharding = parallel.batch_sharding(mesh)
-    step_fn = jax.jit(
-        adaptation_step,
-        in_shardings=(shardings, batch_sharding, parallel.replicated(mesh)),
-        out_shardings=(shardings, parallel.replicated(mesh)),
-        donate_argnums=0,
-    )
-    process, processes = jax.process_index(), jax.process_count()
+    step_fn = steps.jit_step(adaptation_step, mesh, state)
+    process = jax.process_index()
     is_main = process == 0
     heldout = heldout_batches(config, encoder, length, rows, rate, targets, bert.vocab_size)
     sums_fn = jax.jit(
@@ -338,46 +331,31 @@ def adapt_encoder(
                 f"give another --out, or the same settings ({settings})"
             )
         carried = meta.get("epoch_sums")  # of the epoch the step falls in
+        if isinstance(carried, list):  # saved before the shared loop: [loss_sum, targets]
+            carried = dict(zip(("loss_sum", "targets"), carried, strict=True))
     manager = checkpoint_manager(out / "checkpoints", keep=2)
-    rng = jax.random.key(int(config.seed) + 1)
-    step = int(state.step)
     log_path = out / "metrics.jsonl"
     if is_main:
-        truncate_log(log_path, step // steps_per_epoch)
-    for epoch in range(step // steps_per_epoch, epochs):
-        plan = batcher.epoch_plan(epoch)
-        offset = step - epoch * steps_per_epoch
-        sums = np.array(carried if offset and carried else (0.0, 0.0), np.float64)
-        started = time.time()
-        bar = tqdm(
-            total=steps_per_epoch,
-            initial=offset,
-            desc=f"adapt {epoch + 1}/{epochs}",
-            disable=not is_main,
+        truncate_log(log_path, int(state.step) // steps_per_epoch)
+
+    def masked(host, step):  # this process's rows, its words to predict chosen
+        masks = np.random.default_rng([int(config.seed), 11, step, process])
+        return choose_targets(
+            host, masks, rate, targets, bert.vocab_size, int(tokenizer.mask_token_id)
         )
-        for host in batcher.iterate(plan, process, processes, offset):  # this process's rows
-            masks = np.random.default_rng([int(config.seed), 11, step, process])
-            batch = choose_targets(
-                host, masks, rate, targets, bert.vocab_size, int(tokenizer.mask_token_id)
-            )
-            state, metrics = step_fn(state, parallel.global_batch(batch, batch_sharding), rng)
-            values = jax.device_get(metrics)
-            sums += (float(values["loss_sum"]), float(values["targets"]))
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{sums[0] / max(sums[1], 1):.3f}", refresh=False)
-            if checkpoint_every and step % checkpoint_every == 0 and step % steps_per_epoch:
-                save(manager, step, state, {"epoch_sums": sums.tolist(), "settings": settings})
-        bar.close()
-        save(manager, step, state, {"epoch_sums": [0.0, 0.0], "settings": settings})
-        record = {
-            "epoch": epoch + 1,
-            "step": step,
-            "seconds": round(time.time() - started, 1),
-            "masked_lm_loss": sums[0] / max(sums[1], 1),
-            "heldout_masked_lm_loss": heldout_loss(state.params),
-        }
-        append_log(log_path, is_main, record)
+
+    def end_epoch(epoch, step, state, sums):
+        loss = sums["loss_sum"] / max(sums["targets"], 1)
+        fields = {"masked_lm_loss": loss, "heldout_masked_lm_loss": heldout_loss(state.params)}
+        return fields, {"settings": settings}
+
+    loop = Loop(
+        step_fn, batcher, epochs, jax.random.key(int(config.seed) + 1), ("loss_sum", "targets"),
+        manager, {"settings": settings}, checkpoint_every, log_path, end_epoch, prepare=masked,
+        desc="adapt",
+    )  # fmt: skip
+    state = loop.run(state, carried)
+    step = int(state.step)
     summary = {
         **settings,
         "split": str(config.data.train_split),
@@ -387,7 +365,7 @@ def adapt_encoder(
         "criteria_per_step": batch_size,
         "fresh_head": head is None,
         "devices": mesh.size,
-        "heldout_split": str(config.data.get("eval_split")) if heldout else None,
+        "heldout_split": str(config.data.eval_split) if heldout else None,
     }
     lines = log_path.read_text().splitlines() if is_main else []  # every epoch, resumed too
     records = [json.loads(x) for x in lines if x.strip()]

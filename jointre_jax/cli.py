@@ -5,6 +5,8 @@
   one line on standard error, ``program: what is wrong, where, and what to do``, and exit
   status 2. Operating-system errors on a named file (permission denied, not a directory) are
   reported the same way.
+* A training stopped by SIGTERM or SIGINT (:class:`~jointre_jax.errors.Preempted`, after a
+  checkpoint of its step) is one line too, and exit status 128 + the signal (143, 130).
 * Anything else is a bug and keeps its traceback. ``--verbose`` (or ``JOINTRE_VERBOSE=1``)
   shows the traceback of user errors too.
 * Outputs are checked, and their folders created, before any work starts
@@ -15,6 +17,8 @@ A program calls :func:`run` in place of ``absl.app.run``.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import difflib
 import functools
 import os
@@ -25,10 +29,12 @@ import tempfile
 
 from absl import app, flags
 
-from jointre_jax.errors import UserError
+from jointre_jax import locking
+from jointre_jax.errors import Preempted, UserError
 
 VERBOSE_ENV = "JOINTRE_VERBOSE"
 EXIT_USER_ERROR = 2
+HELP_FLAGS = {"--help", "-h", "-?", "--helpshort", "--helpfull"}
 FLAGS = flags.FLAGS
 
 
@@ -52,15 +58,23 @@ def run(main, program: str, required: tuple[str, ...] = ()) -> None:
     """``absl.app.run(main)`` with the rules of this module; ``required`` flags must be set."""
     if "verbose" not in FLAGS:
         flags.DEFINE_bool("verbose", False, f"Show tracebacks of user errors ({VERBOSE_ENV}=1).")
-    app.run(
-        functools.partial(_guarded, main, program),
-        flags_parser=functools.partial(parse_flags, program, tuple(required)),
-    )
+    try:
+        app.run(
+            functools.partial(_guarded, main, program),
+            flags_parser=functools.partial(parse_flags, program, tuple(required)),
+        )
+    except SystemExit as done:
+        if done.code == 1 and set(sys.argv[1:]) & HELP_FLAGS:  # absl exits 1 after --help
+            sys.exit(0)
+        raise
 
 
 def _guarded(main, program: str, argv):
     try:
         return main(argv)
+    except Preempted as err:  # a checkpoint was saved: not an error, a stop to resume from
+        print(f"{program}: {err}", file=sys.stderr, flush=True)
+        sys.exit(err.status)
     except UserError as err:
         if verbose():
             raise
@@ -150,9 +164,11 @@ def suggest(key: str, fields: list[str], count: int = 3) -> list[str]:
 
 
 def prepare_output(path: str, flag: str, folder: bool = False) -> pathlib.Path | None:
-    """Creates the folders of an output path and checks that it can be written, before any
-    work starts. ``folder``: the path is an output folder (BRAT), not a file. ``-`` (standard
-    output) returns None. Raises UserError naming the flag and the path."""
+    """Creates the folders of an output path, checks that it can be written and locks it for
+    the rest of the program (:func:`jointre_jax.locking.hold`: a second program writing the
+    same output stops, naming this one), before any work starts. ``folder``: the path is an
+    output folder (BRAT, an encoder), not a file. ``-`` (standard output) returns None.
+    Raises UserError naming the flag and the path."""
     if path == "-":
         return None
     target = pathlib.Path(path)
@@ -169,7 +185,17 @@ def prepare_output(path: str, flag: str, folder: bool = False) -> pathlib.Path |
         raise UserError(
             f"{where}: cannot write in {parent} ({reason}); choose a writable location"
         ) from None
+    # Beside the output, never inside it: a BRAT or encoder folder holds only what it should.
+    _HELD.enter_context(locking.hold(target, f"--{flag}", folder=False, program=_program()))
     return target
+
+
+_HELD = contextlib.ExitStack()  # the outputs' locks, held until the program ends
+atexit.register(_HELD.close)
+
+
+def _program() -> str:
+    return pathlib.Path(sys.argv[0]).name if sys.argv else "jointre"
 
 
 def define_ensemble_flag() -> None:

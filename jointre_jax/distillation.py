@@ -1,8 +1,8 @@
 """Knowledge distillation of the span decoder: a teacher's span distributions as soft targets.
 
 A *teacher* (one trained run, or an ensemble of runs of one config: the mean of their span
-class probabilities, as :func:`jointre_jax.runtime.predict_step` decodes them) reads every
-criterion of the training split once; ``python -m jointre_jax.teach`` writes what it predicts
+class probabilities, as :func:`jointre_jax.steps.predict_step` decodes them) reads every
+criterion of the training split once; ``python -m jointre_jax.tools.teach`` writes what it predicts
 for each candidate span to a file (:func:`save_teacher`). A *student* run names that file
 (``data.teacher_file``) and a weight w (``model.distillation_weight``): the target of each
 span in its NER loss is then ``(1 - w) * gold + w * teacher`` (the gold target after boundary
@@ -32,10 +32,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jointre_jax import parallel, runtime
+from jointre_jax import parallel, runtime, steps
 from jointre_jax.data.encode import Example
 from jointre_jax.errors import UserError
-from jointre_jax.labels import SpanScheme, span_table
+from jointre_jax.labels import span_table
 from jointre_jax.model.joint import JointModel
 
 
@@ -52,7 +52,7 @@ def mean_span_probs(params, batch, *, model: JointModel):
     logits = [
         model.apply({"params": p}, batch, method=JointModel.encode)["ner_logits"] for p in members
     ]
-    return jax.nn.softmax(runtime.mean_log_probs(logits).astype(np.float32), -1)
+    return jax.nn.softmax(steps.mean_log_probs(logits).astype(np.float32), -1)
 
 
 def teacher_span_probs(
@@ -61,12 +61,12 @@ def teacher_span_probs(
     """The span distributions of a predictor's model (or ensemble) for every example, in
     order: float16 [w_i, W, C] each (:func:`span_table`)."""
     model = predictor.model
-    if not isinstance(model.scheme, SpanScheme):
+    if not model.scheme.scores_spans:
         raise UserError("a teacher must be a span-decoder run (model.ner_decoder='span')")
     width = int(model.scheme.max_width)
     step = jax.jit(lambda p, b: mean_span_probs(p, b, model=model))
     batcher = predictor.batcher(examples)
-    sharding = parallel.batch_sharding(runtime.params_mesh(predictor.params))
+    sharding = parallel.batch_sharding(parallel.params_mesh(predictor.params))
     tables: list[np.ndarray | None] = [None] * len(examples)
     for planned in tqdm(batcher.eval_plan(), desc=desc, leave=False, disable=desc is None):
         batch = parallel.global_batch(runtime.host_rows(batcher, planned), sharding)
@@ -99,7 +99,7 @@ def load_teacher(path, examples: Sequence[Example], scheme) -> list[np.ndarray]:
     differ from ``scheme``'s."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no teacher file (write one with python -m jointre_jax.teach)")
+        raise UserError(f"{path}: no teacher file (write one with jointre teach)")
     with np.load(path) as data:
         probs, words, prints = data["probs"], data["words"], data["fingerprints"]
     if len(words) != len(examples):
@@ -126,13 +126,7 @@ def load_teacher(path, examples: Sequence[Example], scheme) -> list[np.ndarray]:
 
 def teacher_tables(config, examples: Sequence[Example], scheme) -> list[np.ndarray] | None:
     """The teacher's span tables of the training ``examples`` when ``config`` distils
-    (``model.distillation_weight`` > 0 with ``data.teacher_file``), else None; a UserError
-    when only one of the two is set."""
-    weight = float(config.model.get("distillation_weight", 0.0))
-    path = str(config.data.get("teacher_file", "") or "")
-    if bool(weight) != bool(path):
-        raise UserError(
-            "knowledge distillation needs both --config.model.distillation_weight > 0 and "
-            f"--config.data.teacher_file (got weight {weight}, file {path!r})"
-        )
+    (``model.distillation_weight`` > 0 with ``data.teacher_file``: both or neither, as
+    :func:`jointre_jax.validation.validate` checks), else None."""
+    path = str(config.data.teacher_file)
     return load_teacher(path, examples, scheme) if path else None

@@ -12,3 +12,19 @@ class UserError(Exception):
 
 class CheckpointError(UserError):
     """No checkpoint of a run could be read (each one tried is named, with why)."""
+
+
+class Preempted(Exception):  # noqa: N818 - a stop, not a failure
+    """Training stopped on SIGTERM or SIGINT after saving a checkpoint at ``step``; every
+    program exits with ``status`` (128 + the signal: 143 for SIGTERM), and rerunning the same
+    command resumes there."""
+
+    def __init__(self, step: int, signum: int):
+        import signal
+
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name} at step {step}: a checkpoint of that step is saved; rerun the "
+            "same command to resume"
+        )
+        self.step, self.signum, self.status = step, signum, 128 + signum

@@ -20,7 +20,8 @@ import dataclasses
 import pathlib
 from collections.abc import Iterable, Sequence
 
-from jointre_jax import inference, trials
+from jointre_jax import inference
+from jointre_jax.data import trials
 from jointre_jax.data.accounting import Accounting
 from jointre_jax.data.brat import Document
 
@@ -197,7 +198,7 @@ class Extractor:
 
 
 def extract_trials(extractor: Extractor, records, progress=False) -> list[DocumentExtraction]:
-    """Entities and relations of ClinicalTrials.gov records (:mod:`jointre_jax.trials`): one
+    """Entities and relations of ClinicalTrials.gov records (:mod:`jointre_jax.data.trials`): one
     DocumentExtraction per record (``doc_id`` its NCT id, ``text`` its criteria string), one
     Criterion per criterion found, with its ``section`` and its ``start``/``end`` (and every
     entity's) as offsets into the record's criteria string."""

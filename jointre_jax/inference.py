@@ -8,9 +8,11 @@ import pathlib
 import ml_collections
 
 from configs import default
-from jointre_jax import runtime
+from jointre_jax import runtime, validation
+from jointre_jax import state as state_lib
 from jointre_jax.checkpoints import restore_run_params
 from jointre_jax.data.corpus import (
+    ENCODING_FIELDS,
     count_unpaired,
     encode_files,
     find_documents,
@@ -20,6 +22,8 @@ from jointre_jax.data.corpus import (
 )
 from jointre_jax.errors import UserError
 from jointre_jax.evaluation import CorpusGold, evaluate
+from jointre_jax.labels import SCHEME_FIELDS
+from jointre_jax.model.joint import ModelOptions
 from jointre_jax.predictor import Predictor
 
 
@@ -54,22 +58,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
             config[section][field] = value
 
 
-# What gives two runs' parameters the same inputs, outputs and shapes: an ensemble's members
-# must agree on these. Training options (seed, losses, regularisers, schedule) may differ;
-# decoding options and the rest come from the first run.
-ENSEMBLE_FIELDS = {
-    "data": (
-        "entity_types", "relation_types", "group_relations", "group_expansion",
-        "entity_aliases", "relation_aliases", "overlap_policy", "anchor", "max_length",
-        "context_length",
-    ),
-    "model": (
-        "method", "ner_decoder", "max_span_width", "discontinuous", "re_option", "lowercase",
-        "ner_label_embedding_dim", "pair_hidden_dim", "span_hidden_dim", "span_pooling_dim",
-        "span_context", "span_conv_layers", "span_conv_dim", "word_features", "layer_mix",
-        "word_lstm_dim", "casing_embedding_dim",
-    ),
-}  # fmt: skip
+def ensemble_fields() -> dict[str, tuple[str, ...]]:
+    """The config fields on which the members of an ensemble must agree, by section: what
+    gives two runs' parameters the same inputs, outputs and shapes. The model's come from
+    :meth:`ModelOptions.shared` and the label scheme's from :data:`SCHEME_FIELDS`, the
+    encoding's from :data:`ENCODING_FIELDS`. Training options (seed, losses, regularisers,
+    schedule) may differ; decoding options and the rest come from the first run."""
+    return {
+        "data": ENCODING_FIELDS,
+        "model": (*ModelOptions.shared(), *SCHEME_FIELDS, "lowercase"),
+    }
 
 
 def _run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
@@ -87,7 +85,7 @@ def _run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
 def check_member(config, member, workdir, member_dir) -> None:
     """Raises UserError naming the first field on which run ``member_dir`` cannot join an
     ensemble led by ``workdir`` (another schema, label scheme or architecture)."""
-    for section, keys in ENSEMBLE_FIELDS.items():
+    for section, keys in ensemble_fields().items():
         for key in keys:
             ours, theirs = config[section].get(key), member[section].get(key)
             if ours != theirs:
@@ -112,11 +110,12 @@ def load_run(
 
     ``members``: more run folders of the same config (other seeds, :func:`check_member`);
     the predictor is then the ensemble of all of them (mean probabilities,
-    :func:`jointre_jax.runtime.predict_step`); ``workdir``'s config decides everything else.
+    :func:`jointre_jax.steps.predict_step`); ``workdir``'s config decides everything else.
     """
     workdir = pathlib.Path(workdir)
     config = _run_config(workdir)
     apply_overrides(config, overrides or {})
+    validation.validate(config)
     # This user's cache (configs/default.py), not the folder of the machine that trained.
     runtime.use_compilation_cache(default.default_compilation_cache())
     if num_devices is not None:
@@ -126,13 +125,13 @@ def load_run(
     bert, _ = runtime.encoder_config(config)
     model = runtime.create_model(config, encoder.scheme, encoder.schema.num_relation_labels, bert)
     mesh = runtime.make_mesh(config)
-    template = runtime.create_params(config, model, None, mesh)  # the checkpoint holds them all
-    params, _ = restore_run_params(workdir, template, runtime.eval_field(config))
+    template = state_lib.create_params(config, model, None, mesh)  # the checkpoint holds them all
+    params, _ = restore_run_params(workdir, template, state_lib.eval_field(config))
     restored = [params]
     for member_dir in map(pathlib.Path, members):
         member = _run_config(member_dir)
         check_member(config, member, workdir, member_dir)
-        restored.append(restore_run_params(member_dir, template, runtime.eval_field(member))[0])
+        restored.append(restore_run_params(member_dir, template, state_lib.eval_field(member))[0])
     params = tuple(restored) if members else params
     return config, Predictor(config, model, params), encoder
 

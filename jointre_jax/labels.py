@@ -162,6 +162,10 @@ class EntityScheme:
 
     name = ""
     nested = False
+    # True: the NER head scores every word span ([B, L, L, classes] logits) and an entity's
+    # features are its boundary words' and its type's; False: one tag per word ([B, L, tags])
+    # and an entity's features are its anchor word's with the tags' embedding.
+    scores_spans = False
     # The decision rule of span and relation classes (see :func:`decide`); 0 = argmax.
     threshold = 0.0
     # Discontinuous entities as linked fragments (span only; see :func:`merge_fragments`).
@@ -309,6 +313,7 @@ class SpanScheme(EntityScheme):
     fragments: bool = False
 
     name = "span"
+    scores_spans = True
     nested = True
 
     def __post_init__(self):
@@ -468,20 +473,25 @@ def merge_fragments(spans, labels, relations, num_types: int, link_label: int):
     return entities, merged, first
 
 
+# The fields of config.model that decide a scheme's classes (its outputs' shapes), which the
+# members of an ensemble must share; the decision threshold and nesting are decoding options.
+SCHEME_FIELDS = ("ner_decoder", "max_span_width", "discontinuous")
+
+
 def make_scheme(config) -> EntityScheme:
     """The scheme of ``config.model.ner_decoder`` with its options from ``config``."""
-    name = str(config.model.get("ner_decoder", "bio"))
+    name = str(config.model.ner_decoder)
     num_types = len(config.data.entity_types)
-    threshold = float(config.model.get("decision_threshold", 0.0))
+    threshold = float(config.model.decision_threshold)
     if name == "bio":
         policy, anchor = str(config.data.overlap_policy), str(config.data.anchor)
         return BioScheme(num_types, policy, anchor, threshold)
     if name == "span":
-        nesting = str(config.model.get("span_nesting", "any"))
-        fragments = bool(config.model.get("discontinuous", False))
+        nesting = str(config.model.span_nesting)
+        fragments = bool(config.model.discontinuous)
         width = int(config.model.max_span_width)
         return SpanScheme(num_types, width, threshold, nesting, fragments)
-    if config.model.get("discontinuous", False):
+    if config.model.discontinuous:
         raise ValueError("model.discontinuous needs the span decoder (model.ner_decoder='span')")
     raise ValueError(f"model.ner_decoder {name!r} not in {DECODERS}")
 

@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jointre_jax.errors import UserError
+
 AXES = ("data", "fsdp")
 BATCH_SPEC = PartitionSpec(AXES)  # rows split over every device
 
@@ -28,21 +30,24 @@ def make_mesh(num_devices: int = 0, fsdp: int = 1, batch_sizes=()) -> Mesh:
 
     Devices are taken in process order, so each process owns a contiguous block of rows and an
     FSDP group stays inside one process when ``fsdp`` divides the local device count.
-    Raises ValueError when ``fsdp`` does not divide the device count or a batch size in
+    Raises UserError when ``fsdp`` does not divide the device count or a batch size in
     ``batch_sizes`` does not split over the devices.
     """
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     if num_devices:
         if jax.process_count() > 1 and num_devices != len(devices):
-            raise ValueError("config.num_devices must be 0 (all devices) with several processes")
+            raise UserError(
+                f"--config.num_devices={num_devices}: must be 0 (all devices) with several "
+                "processes"
+            )
         devices = devices[:num_devices]
     count = len(devices)
     fsdp = int(fsdp) or 1
     if count % fsdp:
-        raise ValueError(f"config.sharding.fsdp={fsdp} does not divide the {count} devices")
+        raise UserError(f"--config.sharding.fsdp={fsdp}: does not divide the {count} devices")
     for size in batch_sizes:
         if size % count:
-            raise ValueError(
+            raise UserError(
                 f"batch size {size} does not split over {count} devices: set "
                 "--config.data.batch_size / eval_batch_size (packed rows: data.pack_rows / "
                 "eval_pack_rows) to a multiple, or --config.num_devices"
@@ -132,3 +137,8 @@ def initialize_distributed(environ=None) -> bool:
             kwargs[key] = int(environ[name])
     jax.distributed.initialize(**kwargs)
     return True
+
+
+def params_mesh(params) -> Mesh:
+    """The mesh that ``params``' arrays live on."""
+    return jax.tree.leaves(params)[0].sharding.mesh

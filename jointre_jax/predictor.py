@@ -2,7 +2,7 @@
 
 Training's evaluation, the ``evaluate`` CLI, extraction and the demo all call
 :meth:`Predictor.predict`. The device decodes entities and scores their relations
-(:func:`jointre_jax.runtime.predict_step`); here the entity tables become whole-word entities
+(:func:`jointre_jax.steps.predict_step`); here the entity tables become whole-word entities
 with character offsets into the example's text.
 """
 
@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jointre_jax import parallel, runtime
+from jointre_jax import parallel, runtime, steps
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.encode import Example
 from jointre_jax.data.packing import make_batcher
@@ -155,14 +155,14 @@ class Predictor:
       config: the run's config (packed rows or length buckets, prediction batch size).
       model: the JointModel (its ``max_entities`` is the table size).
       params: its parameters, on their shardings; or a tuple of several runs' (an ensemble,
-        :func:`jointre_jax.runtime.predict_step`).
+        :func:`jointre_jax.steps.predict_step`).
     """
 
     def __init__(self, config, model, params):
         self.config = config
         self.model = model
         self.params = params
-        self.predict_fn = runtime.jit_predict_step(runtime.params_mesh(params), params, model)
+        self.predict_fn = steps.jit_predict_step(parallel.params_mesh(params), params, model)
 
     def batcher(self, examples: Sequence[Example]) -> Batcher:
         """Batcher of ``examples`` for prediction: packed rows (``data.eval_pack_rows``) or
@@ -175,7 +175,7 @@ class Predictor:
         """(example index, Prediction) for every example, in the evaluation plan's order
         (longest first, or packing order). ``desc`` names a progress bar (None: no bar)."""
         batcher = self.batcher(examples)
-        sharding = parallel.batch_sharding(runtime.params_mesh(self.params))
+        sharding = parallel.batch_sharding(parallel.params_mesh(self.params))
         scheme = self.model.scheme
         link = fragment_link_label(self.model.num_relations - scheme.extra_relations)
         for planned in tqdm(batcher.eval_plan(), desc=desc, leave=False, disable=desc is None):

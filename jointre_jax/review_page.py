@@ -97,7 +97,7 @@ def run_info(extractor, workdir, members=()) -> dict:
     info = {
         "run": " + ".join(map(str, (workdir, *members))),
         "encoder": str(config.model.encoder),
-        "decoder": str(config.model.get("ner_decoder", "bio")),
+        "decoder": str(config.model.ner_decoder),
         "created": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
     if members:

@@ -14,15 +14,19 @@ scores from :mod:`jointre_jax.predictor` and :mod:`jointre_jax.evaluation`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from tqdm.auto import tqdm
 
-from jointre_jax import parallel, runtime
+from jointre_jax import locking, parallel, runtime, steps, validation
+from jointre_jax import state as state_lib
 from jointre_jax.checkpoints import (
     checkpoint_manager,
     describe,
@@ -34,8 +38,10 @@ from jointre_jax.checkpoints import (
 from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.data.packing import make_batcher
 from jointre_jax.distillation import teacher_tables
+from jointre_jax.errors import Preempted
 from jointre_jax.evaluation import evaluate
 from jointre_jax.predictor import Predictor
+from jointre_jax.preemption import StopRequest
 
 log = logging.getLogger(__name__)
 TERMS = ("ner_loss_sum", "ner_count", "re_loss_sum", "re_pairs")
@@ -66,9 +72,20 @@ def metric_value(results: dict, name: str) -> float:
 
 # ---------------------------------------------------------------------------- main loop
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains the model of ``config`` in ``workdir``; returns the test scores (metrics.json)."""
+    """Trains the model of ``config`` in ``workdir``; returns the test scores (metrics.json).
+
+    The config is validated first (:mod:`jointre_jax.validation`), then the workdir is locked
+    for the whole run (:mod:`jointre_jax.locking`: a second process on it stops at once), and
+    a run that fails before its first write leaves no workdir behind."""
+    validation.validate(config)  # every option, before anything is read or written
+    validation.check_paths(config)
     workdir = pathlib.Path(workdir)
-    runtime.use_compilation_cache(config.get("compilation_cache_dir", ""))
+    with locking.hold(workdir, "workdir", program="train", remove_if_unused=True):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
+    runtime.use_compilation_cache(config.compilation_cache_dir)
     is_main = jax.process_index() == 0
     encoder = make_encoder(config)
     train_data = load_split(config, config.data.train_split, encoder)
@@ -76,8 +93,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     schema, scheme = train_data.schema, encoder.scheme
     runtime.resolve_sizes(config, train_data.examples)  # sizes the data needs, saved below
     bert, weights_dir = runtime.encoder_config(config)
+    validation.check_encoder(config, bert)
     teacher = teacher_tables(config, train_data.examples, scheme)  # checked before the workdir
-    workdir.mkdir(parents=True, exist_ok=True)  # only once the data and the encoder are found
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
     batcher = make_batcher(config, train_data.examples, scheme, training=True, soft_targets=teacher)
@@ -89,9 +106,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     model = runtime.create_model(config, scheme, schema.num_relation_labels, bert, mask_id)
     mesh = runtime.make_mesh(config)
     log.info("%s", parallel.describe(mesh))
-    state = runtime.create_state(config, model, weights_dir, total_steps, mesh)
-    train = runtime.jit_train_step(mesh, state, runtime.loss_options(config, scheme))
-    sharding = parallel.batch_sharding(mesh)
+    state = state_lib.create_state(config, model, weights_dir, total_steps, mesh)
+    train = steps.jit_train_step(mesh, state, runtime.loss_options(config, scheme))
     meta, resumed_sums = {"best_metric": None, "best_epoch": None}, None
     resumed = restore_latest(workdir / "checkpoints", state)  # the newest readable step
     if resumed is not None:
@@ -107,8 +123,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     predictor = Predictor(config, model, state.params)  # compiled once, given fresh params
 
-    def scores(split_data, desc):
-        predictor.params = runtime.eval_params(state)  # the average with optim.ema_decay
+    def scores(state, split_data, desc):
+        predictor.params = state_lib.eval_params(state)  # the average with optim.ema_decay
         return evaluate(predictor, split_data.examples, schema, split_data.corpus_gold, desc)
 
     rng = jax.random.key(config.seed + 1)
@@ -122,57 +138,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
         truncate_log(log_path, start_epoch)
     if step == 0 and config.eval_before_training:  # the baseline the scores rise from
         ahead.wait()
-        initial = scores(dev_data, "dev (initial)")
+        initial = scores(state, dev_data, "dev (initial)")
         append_log(log_path, is_main, {"epoch": 0, "step": 0, **_dev_f1s(initial)})
-    for epoch in range(start_epoch, config.num_epochs):
-        plan = batcher.epoch_plan(epoch)
-        offset = step - epoch * steps_per_epoch
-        # The loss sums of the epoch so far: carried in the checkpoint, so that a resumed
-        # epoch logs the same mean losses as an uninterrupted one.
-        carried = (resumed_sums or {}) if offset else {}
-        sums = {k: float(carried.get(k, 0.0)) for k in TERMS}
-        pending = None  # metrics are read one step late, so the host never waits on the device
-        started = time.time()
-        bar = tqdm(
-            total=steps_per_epoch, initial=offset, desc=f"epoch {epoch + 1}/{config.num_epochs}"
-        )
-        for host_batch in batcher.iterate(plan, jax.process_index(), jax.process_count(), offset):
-            state, metrics = train(state, parallel.global_batch(host_batch, sharding), rng)
-            if pending is not None:
-                _accumulate(sums, pending, bar)
-            pending = metrics
-            step += 1
-            bar.update(1)
-            if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-                _accumulate(sums, pending, bar)
-                pending = None
-                save(latest, step, state, {**meta, "epoch_sums": sums})
-        if pending is not None:
-            _accumulate(sums, pending, bar)
-        bar.close()
+
+    def end_epoch(epoch, step, state, sums):  # dev scores, the best parameters kept
+        nonlocal meta
         ahead.wait()
-        dev = scores(dev_data, "dev")
+        dev = scores(state, dev_data, "dev")
         value = metric_value(dev, best_metric_name(config))
         if meta["best_metric"] is None or value > meta["best_metric"]:
             meta = {"best_metric": value, "best_epoch": epoch + 1}
             save(best, step, state, meta)
         record = {
-            "epoch": epoch + 1,
-            "step": step,
-            "seconds": round(time.time() - started, 1),
             "train_ner_loss": sums["ner_loss_sum"] / max(sums["ner_count"], 1),
             "train_re_loss": sums["re_loss_sum"] / max(sums["re_pairs"], 1),
             **_dev_f1s(dev),
             "best_epoch": meta["best_epoch"],
         }
-        log.info("%s", record)
-        append_log(log_path, is_main, record)
-        if writer is not None:
-            for key, value in record.items():
-                if isinstance(value, float):
-                    writer.add_scalar(key, value, step)
-            writer.flush()
-        save(latest, step, state, meta)
+        return record, meta
+
+    loop = Loop(
+        train, batcher, config.num_epochs, rng, TERMS, latest, meta,
+        config.checkpoint_every_steps, log_path, end_epoch, writer=writer,
+    )  # fmt: skip
+    state = loop.run(state, resumed_sums)
     test_data = load_split(config, config.data.test_split, encoder)
     if best.latest_step() is not None:
         try:
@@ -181,7 +170,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             log.warning("best checkpoint unreadable (%s): scoring the last epoch's parameters",
                         describe(err))  # fmt: skip
             meta = {"best_metric": None, "best_epoch": config.num_epochs}
-    results = scores(test_data, "test")
+    results = scores(state, test_data, "test")
     results["best_epoch"] = meta["best_epoch"]
     results["dev_" + best_metric_name(config)] = meta["best_metric"]
     if is_main:
@@ -189,11 +178,117 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return results
 
 
+@dataclasses.dataclass
+class Loop:
+    """The loop of every training of the project (a model's, the masked-LM adaptation's):
+    :meth:`run` takes the epochs from ``state.step`` to the end of epoch ``num_epochs``, each
+    planned by ``batcher`` from (seed, epoch) alone, so that a resumed loop runs exactly the
+    steps, and sums exactly the losses, of an uninterrupted one.
+
+    Attributes:
+      step_fn: ``(state, batch, rng) -> (state, metrics)``, jitted by
+        :func:`jointre_jax.steps.jit_step`; ``metrics`` has a scalar of each of ``terms``,
+        summed over the epoch (read one step late: the host never waits on the device), and
+        ``loss`` (the progress bar's).
+      batcher: ``epoch_plan``, ``iterate`` and ``steps_per_epoch`` (this process's rows).
+      manager: the orbax manager of the resumable checkpoints: one every
+        ``checkpoint_every`` steps (0: none within an epoch) with the epoch's sums so far, one
+        at each epoch's end, and one at the step a SIGTERM or SIGINT stops the loop
+        (:mod:`jointre_jax.preemption`); ``meta`` is saved with each.
+      end_epoch: ``end_epoch(epoch, step, state, sums) -> (fields, meta)`` after each epoch:
+        the caller's fields of the epoch's line in ``log_path`` (after ``epoch``, ``step``,
+        ``seconds``) and the meta to save from then on (training keeps its best there).
+      prepare: None, or ``prepare(host_batch, step) -> host_batch`` (the adaptation's masks).
+      writer: a TensorBoard writer of the lines' floats, or None.
+    """
+
+    step_fn: Callable
+    batcher: Any
+    num_epochs: int
+    rng: Any
+    terms: tuple[str, ...]
+    manager: Any
+    meta: dict
+    checkpoint_every: int
+    log_path: pathlib.Path
+    end_epoch: Callable
+    prepare: Callable | None = None
+    writer: Any = None
+    desc: str = "epoch"
+
+    def run(self, state, carried_sums: dict | None = None):
+        """The state after the last step. ``carried_sums``: the restored checkpoint's sums of
+        its epoch so far (None afresh). Raises Preempted after saving, on a stop request."""
+        step = int(state.step)
+        steps_per_epoch = self.batcher.steps_per_epoch()
+        with StopRequest() as stop:
+            for epoch in range(step // steps_per_epoch, self.num_epochs):
+                offset = step - epoch * steps_per_epoch
+                carried = (carried_sums or {}) if offset else {}
+                state, step = self._epoch(state, step, epoch, carried, stop)
+        return state
+
+    def _epoch(self, state, step: int, epoch: int, carried: dict, stop: StopRequest):
+        """One epoch from ``step``; returns (state, step)."""
+        process, processes = jax.process_index(), jax.process_count()
+        is_main = process == 0
+        sharding = parallel.batch_sharding(parallel.params_mesh(state.params))
+        steps_per_epoch = self.batcher.steps_per_epoch()
+        offset = step - epoch * steps_per_epoch
+        # The loss sums of the epoch so far: carried in the checkpoint, so that a resumed
+        # epoch logs the same mean losses as an uninterrupted one.
+        sums = {k: float(carried.get(k, 0.0)) for k in self.terms}
+        pending = None
+        started = time.time()
+        bar = tqdm(
+            total=steps_per_epoch, initial=offset, disable=not is_main,
+            desc=f"{self.desc} {epoch + 1}/{self.num_epochs}",
+        )  # fmt: skip
+        plan = self.batcher.epoch_plan(epoch)
+        for host_batch in self.batcher.iterate(plan, process, processes, offset):
+            if self.prepare is not None:
+                host_batch = self.prepare(host_batch, step)
+            state, metrics = self.step_fn(state, parallel.global_batch(host_batch, sharding),
+                                          self.rng)  # fmt: skip
+            if pending is not None:
+                _accumulate(sums, pending, bar)
+            pending = metrics
+            step += 1
+            bar.update(1)
+            periodic = self.checkpoint_every and step % self.checkpoint_every == 0
+            within = step % steps_per_epoch != 0  # the epoch's end saves after its scores
+            stopping = within and stop.requested()
+            if within and (periodic or stopping):
+                _accumulate(sums, pending, bar)
+                pending = None
+                save(self.manager, step, state, {**self.meta, "epoch_sums": sums})
+            if stopping:
+                bar.close()
+                raise Preempted(step, stop.signum)
+        if pending is not None:
+            _accumulate(sums, pending, bar)
+        bar.close()
+        fields, self.meta = self.end_epoch(epoch, step, state, sums)
+        record = {"epoch": epoch + 1, "step": step,
+                  "seconds": round(time.time() - started, 1), **fields}  # fmt: skip
+        log.info("%s", record)
+        append_log(self.log_path, is_main, record)
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        save(self.manager, step, state, self.meta)
+        if stop.requested():
+            raise Preempted(step, stop.signum)
+        return state, step
+
+
 def _compile_ahead(batcher, epoch, step, predictor, dev_data, state, train, rng):
     """Starts compiling, in background threads, the training shapes of ``epoch``'s plan but
     the one its next step needs, and the prediction shapes of the dev split."""
     plan = batcher.epoch_plan(epoch)
-    sharding = parallel.batch_sharding(runtime.params_mesh(state.params))
+    sharding = parallel.batch_sharding(parallel.params_mesh(state.params))
     offset = step - epoch * batcher.steps_per_epoch()
     first = plan[offset].length if offset < len(plan) else None
     abstract = lambda tree: jax.tree.map(  # noqa: E731 - shapes only: the state is donated
@@ -241,6 +336,6 @@ def append_log(path: pathlib.Path, is_main: bool, record: dict) -> None:
 
 def _accumulate(sums: dict, metrics, bar) -> None:
     values = jax.device_get(metrics)
-    for key in TERMS:
+    for key in sums:
         sums[key] += float(values[key])
     bar.set_postfix(loss=f"{float(values['loss']):.3f}", refresh=False)

@@ -1,10 +1,10 @@
 """Majority votes of saved extractions, and their scores against the corpus gold.
 
 An ensemble whose members never share a machine: each run writes its extraction of the same
-documents (``python -m jointre_jax.extract --format=jsonl``, gzipped or not), and the vote keeps
+documents (``jointre extract --format=jsonl``, gzipped or not), and the vote keeps
 each entity (its type and character spans) and each relation (its type and its two entities)
 that at least ``min_votes`` of the runs predict (default: a strict majority). The ensemble of
-``--ensemble`` (mean probabilities, :func:`jointre_jax.runtime.predict_step`) needs every
+``--ensemble`` (mean probabilities, :func:`jointre_jax.steps.predict_step`) needs every
 member's parameters in one process; a vote needs only the members' outputs, which are small
 enough to keep beside the results they gave.
 
@@ -69,7 +69,7 @@ def _criterion(record, path, number: int) -> dict:
         if missing:
             raise UserError(
                 f"{path}:{number}: {what} lacks {', '.join(missing)} (expected the jsonl of "
-                "python -m jointre_jax.extract --format=jsonl)"
+                "python -m jointre_jax.tools.extract --format=jsonl)"
             )
 
     need(record, CRITERION_FIELDS, "criterion")

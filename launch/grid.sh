@@ -3,8 +3,8 @@
 #
 #   launch/grid.sh -n N [-l LOG_DIR] -- GRID_FLAGS...
 #
-# Process i runs `python -m jointre_jax.grid GRID_FLAGS --process_index=i --process_count=N`
-# (the runs are dealt round-robin; see jointre_jax/grid.py), with CUDA_VISIBLE_DEVICES=i on a
+# Process i runs `python -m jointre_jax.tools.grid GRID_FLAGS --process_index=i --process_count=N`
+# (the runs are dealt round-robin; see jointre_jax/table4.py), with CUDA_VISIBLE_DEVICES=i on a
 # machine with GPUs (unless CUDA_VISIBLE_DEVICES is already set). The processes are not joined:
 # each trains its own runs. When all have finished, `--table_only` writes table4.md and
 # table4.json from every finished run. Logs go to LOG_DIR/grid_I.log (default: the grid's
@@ -41,7 +41,7 @@ trap cleanup INT TERM
 for ((i = 0; i < nproc; i++)); do
   env_vars=()
   [[ "$gpus" -gt 0 ]] && env_vars+=(CUDA_VISIBLE_DEVICES="$((i % gpus))")
-  env ${env_vars[@]+"${env_vars[@]}"} "$python" -m jointre_jax.grid "$@" --process_index="$i" \
+  env ${env_vars[@]+"${env_vars[@]}"} "$python" -m jointre_jax.tools.grid "$@" --process_index="$i" \
     --process_count="$nproc" > "$logdir/grid_$i.log" 2>&1 &
   pids+=($!)
   echo "grid.sh: process $i of $nproc started, log $logdir/grid_$i.log"
@@ -56,4 +56,4 @@ for i in "${!pids[@]}"; do
   fi
 done
 [[ "$status" -eq 0 ]] || exit "$status"
-"$python" -m jointre_jax.grid "$@" --table_only
+"$python" -m jointre_jax.tools.grid "$@" --table_only

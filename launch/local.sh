@@ -9,7 +9,10 @@
 # (--xla_force_host_platform_device_count) and collectives go over gloo; on a GPU machine each
 # process gets its share of the GPUs through CUDA_VISIBLE_DEVICES unless that is already set.
 # Output: each line prefixed with [pI], or written to LOG_DIR/process_I.log with -l.
-# Exits with the first non-zero status of a process (and stops the others), else 0.
+# SIGTERM or SIGINT to this script is forwarded to every process, once, and the script waits
+# for them: a training saves a checkpoint of the step it agreed on and exits 143 (resume with
+# the same command). Exits with the first non-zero status of a process (and stops the others:
+# SIGTERM, then SIGKILL after JOINTRE_GRACE seconds, 60 by default), else 0.
 set -euo pipefail
 
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
@@ -34,8 +37,24 @@ if [[ -z "${CUDA_VISIBLE_DEVICES:-}" ]] && command -v nvidia-smi >/dev/null 2>&1
 fi
 
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
-trap cleanup INT TERM
+forwarded=""
+forward() {  # the scheduler's signal, once, to every process (a second one would kill them)
+  [[ -n "$forwarded" ]] && return
+  forwarded=1
+  for pid in "${pids[@]}"; do kill -s "$1" "$pid" 2>/dev/null || true; done
+}
+stop_others() {  # a process failed: the others may wait on it forever in a collective
+  forward TERM
+  for ((t = 0; t < ${JOINTRE_GRACE:-60}; t++)); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [[ $alive -eq 0 ]] && return
+    sleep 1
+  done
+  for pid in "${pids[@]}"; do kill -s KILL "$pid" 2>/dev/null || true; done
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
 
 for ((i = 0; i < nproc; i++)); do
   env_vars=(JAX_COORDINATOR_ADDRESS="127.0.0.1:$port" JAX_NUM_PROCESSES="$nproc" JAX_PROCESS_ID="$i")
@@ -51,16 +70,17 @@ for ((i = 0; i < nproc; i++)); do
   fi
   if [[ -n "$logdir" ]]; then
     env "${env_vars[@]}" "$@" > "$logdir/process_$i.log" 2>&1 &
-  else
-    ( env "${env_vars[@]}" "$@" 2>&1 | sed -u "s/^/[p$i] /"; exit "${PIPESTATUS[0]}" ) &
+  else  # $! is the command itself, so that signals reach it
+    env "${env_vars[@]}" "$@" > >(sed -u "s/^/[p$i] /") 2>&1 &
   fi
   pids+=($!)
 done
 
 status=0
 for pid in "${pids[@]}"; do
+  while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done  # a trap interrupts wait
   code=0
   wait "$pid" || code=$?
-  if [[ $code -ne 0 && $status -eq 0 ]]; then status=$code; cleanup; fi
+  if [[ $code -ne 0 && $status -eq 0 ]]; then status=$code; [[ -n "$forwarded" ]] || stop_others; fi
 done
 exit $status

@@ -1,4 +1,4 @@
-"""Task-adaptive pretraining (jointre_jax.adaptation, jointre_jax.adapt): whole-word targets,
+"""Task-adaptive pretraining (jointre_jax.adaptation, jointre_jax.tools.adapt): whole-word targets,
 the masked-LM head against its formula, a frozen encoder while a fresh head learns, the loss
 falling on the tiny corpus, an exported folder that loads as an encoder, and resume equality."""
 
@@ -16,7 +16,8 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from jointre_jax import adaptation, runtime
+from jointre_jax import adaptation
+from jointre_jax import state as state_lib
 from jointre_jax.adaptation import MaskedLM, adapt_encoder, choose_targets, pretrained_head
 from jointre_jax.errors import UserError
 from jointre_jax.model.bert import BertConfig, BertModel
@@ -244,7 +245,7 @@ def test_the_cli_adapts_lowers_the_loss_and_exports_an_encoder_folder(tmp_path):
         "--config.num_devices=1",  # rows of 4 devices would take the tiny split in one step
     ]
     done = subprocess.run(
-        [sys.executable, "-m", "jointre_jax.adapt", *flags],
+        [sys.executable, "-m", "jointre_jax.tools.adapt", *flags],
         cwd=pathlib.Path(__file__).parents[1],
         capture_output=True,
         text=True,
@@ -271,7 +272,7 @@ def test_the_cli_adapts_lowers_the_loss_and_exports_an_encoder_folder(tmp_path):
     # the joint model's encoder.
     config.model.encoder = str(out)
     _, _, model = tiny_model(config)
-    abstract = jax.eval_shape(functools.partial(runtime.init_params, model), jax.random.key(0))
+    abstract = jax.eval_shape(functools.partial(state_lib.init_params, model), jax.random.key(0))
     merged = flat(merge_pretrained(abstract, adapted)["encoder"])
     assert merged.keys() == adapted.keys()
     assert all(np.array_equal(merged[k], adapted[k]) for k in adapted)

@@ -113,7 +113,7 @@ def test_epoch_speed_times_an_epoch_plan_with_its_compilations(tmp_path, packing
 
     config = tiny_train_config(tmp_path, packing=packing)
     before = time.time() - throughput.process_start()
-    result = epoch_speed.one_epoch(config, steps=0)
+    result = epoch_speed.one_epoch(config, limit=0)
     after = time.time() - throughput.process_start()
     data = load_split(config, "train", progress=False)
     assert result["criteria"] == len(data.examples)  # the whole epoch, every criterion once

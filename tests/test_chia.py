@@ -122,7 +122,7 @@ def test_splits_are_disjoint_by_trial(chia):
 
 def test_report_cli_on_chia():
     env = {**os.environ, "JOINTRE_DATA_DIR": str(CHIA_DIR), "JOINTRE_ENCODER": str(MINILM_DIR)}
-    command = [sys.executable, "-m", "jointre_jax.data.report", "--config=configs/minilm_m2.py"]
+    command = [sys.executable, "-m", "jointre_jax.tools.report", "--config=configs/minilm_m2.py"]
     out = subprocess.run(
         [*command, "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )

@@ -33,3 +33,23 @@ def test_every_config_builds_its_scheme_loss_and_model(name):
 
 def test_the_list_of_configs_is_not_empty():
     assert {"default", "minilm_span", "minilm_bio", "demo"} <= set(CONFIGS)
+
+
+def test_every_model_option_has_one_owner():
+    """Each field of ``config.model`` is read by exactly one owner: the network's
+    ``ModelOptions``, the loss's ``LossOptions``, the label scheme (``make_scheme``) or the
+    encoder's loading; a new option joins one of them and nothing else (no kwarg plumbing)."""
+    import dataclasses
+
+    from configs import default
+    from jointre_jax.labels import SCHEME_FIELDS
+    from jointre_jax.model.joint import ModelOptions
+    from jointre_jax.model.losses import LossOptions
+
+    network = {f.name for f in dataclasses.fields(ModelOptions)}
+    loss = {f.name for f in dataclasses.fields(LossOptions)} - {"scheme"}
+    scheme = {*SCHEME_FIELDS, "span_nesting", "decision_threshold"}
+    encoder = {"encoder", "lowercase", "pretrained"}  # data.corpus, runtime.encoder_config
+    owners = (network, loss, scheme, encoder)
+    assert sum(map(len, owners)) == len(set().union(*owners)), "an option with two owners"
+    assert set().union(*owners) == set(default.get_config().model.keys())

@@ -36,7 +36,7 @@ def test_demo_runs_on_the_shipped_sample_without_shared(tmp_path):
     # 15 epochs: XLA's default optimisation, not the suite's (tests/conftest.py), is the faster.
     env = default_optimisation_env(JOINTRE_DATA_DIR=str(tmp_path / "absent"), PYTHONPATH=str(REPO))
     out = subprocess.run(
-        [sys.executable, "-m", "jointre_jax.demo", "--config=configs/demo.py",
+        [sys.executable, "-m", "jointre_jax.tools.demo", "--config=configs/demo.py",
          "--config.num_epochs=15", f"--workdir={tmp_path / 'demo'}", "--show=2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip

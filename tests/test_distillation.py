@@ -208,7 +208,7 @@ def test_a_student_trains_from_a_teacher_file_and_a_mismatch_is_named(teacher_ru
 def test_the_teach_program_writes_a_file_a_student_reads_and_names_a_bad_run(teacher_run, tmp_path):
     run, _ = teacher_run
     out = tmp_path / "sub" / "teacher.npz"
-    command = [sys.executable, "-m", "jointre_jax.teach", f"--workdir={run}", f"--out={out}"]
+    command = [sys.executable, "-m", "jointre_jax.tools.teach", f"--workdir={run}", f"--out={out}"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     printed = json.loads(done.stdout.strip().splitlines()[-1])
@@ -218,6 +218,6 @@ def test_the_teach_program_writes_a_file_a_student_reads_and_names_a_bad_run(tea
     assert printed["examples"] == len(examples) == len(tables) and printed["split"] == "train"
     assert printed["spans"] == sum(int((t.sum(-1) > 0).sum()) for t in tables) > 0
     missing = tmp_path / "nothing"
-    bad = [sys.executable, "-m", "jointre_jax.teach", f"--workdir={missing}", f"--out={out}"]
+    bad = [sys.executable, "-m", "jointre_jax.tools.teach", f"--workdir={missing}", f"--out={out}"]
     done = subprocess.run(bad, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 2 and f"teach: run folder {missing} not found" in done.stderr

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import variant_sweep
-from jointre_jax import inference, review_page, runtime, train
+from jointre_jax import inference, review_page, steps, train
 from jointre_jax.errors import UserError
 from jointre_jax.extraction import Extractor
 from jointre_jax.labels import BioScheme, SpanScheme
@@ -22,7 +22,7 @@ from tests.test_train import tiny_train_config
 
 def tiny_model(method="joint", decoder="span"):
     scheme = BioScheme(2) if decoder == "bio" else SpanScheme(2, 4)
-    return JointModel(
+    return JointModel.build(
         TINY, scheme, num_relations=3, method=method, pair_hidden_dim=8, span_hidden_dim=8,
         max_entities=4,
     )  # fmt: skip
@@ -41,8 +41,8 @@ def members(model, batch, count):
 def test_an_ensemble_of_one_model_twice_predicts_what_the_model_does(method, decoder):
     model, batch = tiny_model(method, decoder), model_batch()
     (params,) = members(model, batch, 1)
-    alone = runtime.predict_step(params, batch, model=model)
-    twice = runtime.predict_step((params, params), batch, model=model)
+    alone = steps.predict_step(params, batch, model=model)
+    twice = steps.predict_step((params, params), batch, model=model)
     assert jax.tree.structure(alone) == jax.tree.structure(twice)
     for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(twice), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
@@ -51,7 +51,7 @@ def test_an_ensemble_of_one_model_twice_predicts_what_the_model_does(method, dec
 def test_an_ensemble_decodes_and_decides_on_the_mean_of_its_members_probabilities():
     model, batch = tiny_model(), model_batch()
     params = members(model, batch, 3)
-    got = jax.tree.map(np.asarray, runtime.predict_step(params, batch, model=model))
+    got = jax.tree.map(np.asarray, steps.predict_step(params, batch, model=model))
     outs = [model.apply({"params": p}, batch, tables=("gold",)) for p in params]
     # Entities: the span decoder on the mean of the three members' span probabilities.
     mean = sum(jax.nn.softmax(o["ner_logits"], -1) for o in outs) / 3
@@ -63,7 +63,7 @@ def test_an_ensemble_decodes_and_decides_on_the_mean_of_its_members_probabilitie
     np.testing.assert_array_equal(got["gold_re_labels"], np.argmax(mean, -1))
     # The mean is not any one member's answer on these random heads.
     alone = [
-        np.asarray(runtime.predict_step(p, batch, model=model)["entities"]["score"]) for p in params
+        np.asarray(steps.predict_step(p, batch, model=model)["entities"]["score"]) for p in params
     ]
     assert all(not np.allclose(a, got["entities"]["score"]) for a in alone)
 
@@ -109,7 +109,7 @@ def test_a_run_of_another_model_cannot_join_and_is_named(run_dirs, tmp_path):
 
 
 def test_the_sweep_scores_disjoint_ensembles_of_each_variants_seeds(run_dirs):
-    """Also the CLI's ``--ensemble``: the sweep runs ``jointre_jax.evaluate`` with it."""
+    """Also the CLI's ``--ensemble``: the sweep runs ``jointre_jax.tools.evaluate`` with it."""
     fake = [
         {"run": f"v_s{seed}", "variant": "v", "seed": seed, "epochs": [{}] * done}
         for seed, done in [(4, 7), (0, 7), (1, 6), (2, 0), (3, 7), (5, 7)]

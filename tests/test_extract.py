@@ -12,8 +12,9 @@ import sys
 import pytest
 
 from benchmarks import extraction as extraction_benchmark
-from jointre_jax import extract, inference, voting
+from jointre_jax import inference, voting, writers
 from jointre_jax.data.brat import BratFormatError, read_document
+from jointre_jax.data.inputs import read_inputs
 from jointre_jax.data.schema import Schema
 from jointre_jax.errors import UserError
 from jointre_jax.extraction import Criterion, Entity, Extractor, Relation
@@ -64,7 +65,7 @@ def test_offsets_index_the_input_exactly_and_long_lines_are_windowed(run_dir):
 def test_brat_and_csv_outputs_read_back_unchanged(run_dir, tmp_path):
     extractor = Extractor.from_workdir(run_dir)
     extractions = extractor.extract([TEXT, "stroke\n"], ["d", "e"])
-    extract.write_brat(extractions, tmp_path / "out")
+    writers.write_brat(extractions, tmp_path / "out")
     for extraction in extractions:
         txt = tmp_path / "out" / f"{extraction.doc_id}.txt"
         assert txt.read_bytes() == extraction.text.encode("utf-8")
@@ -77,7 +78,7 @@ def test_brat_and_csv_outputs_read_back_unchanged(run_dir, tmp_path):
             (r.type, r.head, r.tail) for r in extraction.relations
         }
     stream = io.StringIO()
-    extract.write_csv(extractions, stream)
+    writers.write_csv(extractions, stream)
     rows = list(csv.DictReader(io.StringIO(stream.getvalue())))
     entities = [r for r in rows if r["kind"] == "entity"]
     assert [(r["doc_id"], r["text"]) for r in entities] == [
@@ -87,7 +88,13 @@ def test_brat_and_csv_outputs_read_back_unchanged(run_dir, tmp_path):
 
 
 def test_cli_reads_stdin_and_writes_jsonl_csv_and_grouped(run_dir, tmp_path):
-    command = [sys.executable, "-m", "jointre_jax.extract", f"--workdir={run_dir}", "--input=-"]
+    command = [
+        sys.executable,
+        "-m",
+        "jointre_jax.tools.extract",
+        f"--workdir={run_dir}",
+        "--input=-",
+    ]
     done = subprocess.run(
         [*command, f"--output={tmp_path / 'out.jsonl'}", f"--grouped={tmp_path / 'g.jsonl'}"],
         input=TEXT.encode("utf-8"), cwd=REPO, capture_output=True, timeout=600,
@@ -135,16 +142,16 @@ def test_a_vote_member_scores_as_evaluates_corpus_block(run_dir, tmp_path):
         for count in ("tp", "fp", "fn"):
             assert scored[block][count] == expected[block][count], (block, count)
     with pytest.raises(UserError, match="--split_file needs a folder"):
-        extract.read_inputs(str(corpus / "brat" / "NCT1_inc.txt"), str(split))
+        read_inputs(str(corpus / "brat" / "NCT1_inc.txt"), str(split))
 
 
 def test_non_utf8_input_names_the_file_and_line(tmp_path):
     bad = tmp_path / "criteria.txt"
     bad.write_bytes(b"age > 18\nna\xefve patients\n")
     with pytest.raises(BratFormatError, match=r"criteria\.txt:2"):
-        extract.read_inputs(str(bad))
+        read_inputs(str(bad))
     with pytest.raises(UserError, match="not found"):
-        extract.read_inputs(str(tmp_path / "missing.txt"))
+        read_inputs(str(tmp_path / "missing.txt"))
 
 
 def test_grouped_view_attaches_attributes_to_their_main_entity():
@@ -215,14 +222,14 @@ def test_a_discontinuous_entity_round_trips_through_brat_csv_and_the_page(tmp_pa
     lung_cancer = Entity("T2", "Condition", 9, 20, "lung cancer")
     criterion = Criterion("d", 1, 0, 20, text[:20], [heart_cancer, lung_cancer])
     extraction = DocumentExtraction("d", text, [criterion])
-    extract.write_brat([extraction], tmp_path / "out")
+    writers.write_brat([extraction], tmp_path / "out")
     doc = read_document(tmp_path / "out" / "d.txt", lenient=False)
     assert {(e.fragments, e.text) for e in doc.entities.values()} == {
         (((0, 5), (14, 20)), "heart cancer"),
         (((9, 20),), "lung cancer"),
     }
     stream = io.StringIO()
-    extract.write_csv([extraction], stream)
+    writers.write_csv([extraction], stream)
     rows = list(csv.DictReader(io.StringIO(stream.getvalue())))
     assert [(r["id"], r["fragments"]) for r in rows] == [("T1", "0 5;14 20"), ("T2", "")]
     page = _highlighted(criterion, "c")

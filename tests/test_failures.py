@@ -98,7 +98,7 @@ def test_no_readable_checkpoint_is_one_line_naming_each(trained, tmp_path):
     assert str(caught.value).count(str(run)) == 4  # the run, then each checkpoint tried
     (tmp_path / "in.txt").write_text("stroke\n")
     out = program(
-        "jointre_jax.extract", f"--workdir={run}", f"--input={tmp_path / 'in.txt'}",
+        "jointre_jax.tools.extract", f"--workdir={run}", f"--input={tmp_path / 'in.txt'}",
         f"--output={tmp_path / 'out.jsonl'}",
     )  # fmt: skip
     assert_one_line_error(out, "extract", "no readable checkpoint", str(run / "best"))
@@ -132,13 +132,14 @@ def test_resume_falls_back_to_an_earlier_step_then_afresh(trained, tmp_path, cap
 def train_state_like(config, run):
     """A fresh TrainState of the run's model, to restore onto."""
     from jointre_jax import runtime
+    from jointre_jax import state as state_lib
     from jointre_jax.data.corpus import make_encoder
 
     saved = inference.saved_config(run / "config.json")
     encoder = make_encoder(saved)
     bert, _ = runtime.encoder_config(saved)
     model = runtime.create_model(saved, encoder.scheme, encoder.schema.num_relation_labels, bert)
-    return runtime.create_state(saved, model, None, 10, runtime.make_mesh(saved))
+    return state_lib.create_state(saved, model, None, 10, runtime.make_mesh(saved))
 
 
 # ------------------------------------------------------------ one-line user errors
@@ -148,11 +149,13 @@ def test_evaluate_checks_its_output_before_the_work_and_creates_folders(trained,
     config, run = trained
     brat = f"--brat_dir={config.data.dir}/brat"
     (tmp_path / "file").write_text("")
-    out = program("jointre_jax.evaluate", f"--workdir={run}", brat, f"--out={tmp_path}/file/x.json")
+    out = program(
+        "jointre_jax.tools.evaluate", f"--workdir={run}", brat, f"--out={tmp_path}/file/x.json"
+    )
     assert_one_line_error(out, "evaluate", f"--out={tmp_path}/file/x.json", "cannot write")
     assert "reading" not in out.stderr  # checked before any document was read
     target = tmp_path / "new" / "folder" / "scores.json"
-    out = program("jointre_jax.evaluate", f"--workdir={run}", brat, f"--out={target}")
+    out = program("jointre_jax.tools.evaluate", f"--workdir={run}", brat, f"--out={target}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(target.read_text())["corpus"]["gold"]["entities"] > 0
     assert "evaluate: 4 documents" in out.stderr  # the problem counts are printed
@@ -166,7 +169,7 @@ def test_evaluate_counts_orphan_annotations_and_says_when_there_is_no_gold(train
     write_brat(tmp_path / "brat", "NCT7_inc", text, t_line("T1", "Condition", text, "diabetes"))
     (tmp_path / "brat" / "NCT8_inc.ann").write_text(t_line("T1", "Condition", text, "type"))
     out = program(
-        "jointre_jax.evaluate", f"--workdir={run}", f"--brat_dir={tmp_path / 'brat'}",
+        "jointre_jax.tools.evaluate", f"--workdir={run}", f"--brat_dir={tmp_path / 'brat'}",
         f"--out={tmp_path / 'scores.json'}",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
@@ -181,18 +184,20 @@ def test_user_errors_are_one_line_and_verbose_shows_the_traceback(trained, tmp_p
     config, run = trained
     (tmp_path / "split.txt").write_text("NCT1\nNCT404\n")
     out = program(
-        "jointre_jax.evaluate", f"--workdir={run}", f"--brat_dir={config.data.dir}/brat",
+        "jointre_jax.tools.evaluate", f"--workdir={run}", f"--brat_dir={config.data.dir}/brat",
         f"--split_file={tmp_path / 'split.txt'}", f"--out={tmp_path / 's.json'}",
     )  # fmt: skip
     assert_one_line_error(out, "evaluate", "split.txt:2:", "no document NCT404*.txt")
     (tmp_path / "not_a_run").mkdir()
     (tmp_path / "in.txt").write_text("stroke\n")
     args = (f"--input={tmp_path / 'in.txt'}", f"--output={tmp_path / 'o.jsonl'}")
-    out = program("jointre_jax.extract", f"--workdir={tmp_path / 'not_a_run'}", *args)
+    out = program("jointre_jax.tools.extract", f"--workdir={tmp_path / 'not_a_run'}", *args)
     assert_one_line_error(out, "extract", "is not a run", "config.json")
-    out = program("jointre_jax.extract", f"--workdir={tmp_path / 'not_a_run'}", *args, "--verbose")
+    out = program(
+        "jointre_jax.tools.extract", f"--workdir={tmp_path / 'not_a_run'}", *args, "--verbose"
+    )
     assert out.returncode != 0 and "Traceback" in out.stderr
-    out = program("jointre_jax.extract", f"--workdir={run}", f"--input={tmp_path / 'no.txt'}",
+    out = program("jointre_jax.tools.extract", f"--workdir={run}", f"--input={tmp_path / 'no.txt'}",
                   f"--output={tmp_path / 'o.jsonl'}")  # fmt: skip
     assert_one_line_error(out, "extract", "not found")
 

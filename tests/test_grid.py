@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from jointre_jax import grid, train
+from jointre_jax import table4, train
+from jointre_jax.errors import UserError
 from tests.conftest import REPO, override_flags
 from tests.test_train import tiny_train_config
 
@@ -17,19 +18,19 @@ from tests.test_train import tiny_train_config
 def test_grid_runs_rows_and_seeds_and_writes_table4(tmp_path, monkeypatch):
     config = tiny_train_config(tmp_path / "c", epochs=1)
     config.checkpoint_every_steps = 0
-    rows = grid.select_rows(["ner", "joint_m2b_gs"])
+    rows = table4.select_rows(["ner", "joint_m2b_gs"])
     assert [r.name for r in rows] == ["ner", "joint_m2b_gs"]
-    with pytest.raises(ValueError, match="unknown rows"):
-        grid.select_rows(["joint_m3"])
-    assert len(grid.select_rows(["all"])) == 9  # the paper's rows per encoder
+    with pytest.raises(UserError, match="unknown rows"):
+        table4.select_rows(["joint_m3"])
+    assert len(table4.select_rows(["all"])) == 9  # the paper's rows per encoder
 
-    share = grid.run_grid(
+    share = table4.run_grid(
         config, tmp_path / "g", rows, ["0", "1"], process_index=1, process_count=2
     )
     assert [p.relative_to(tmp_path / "g").as_posix() for p in share] == [
         "joint_m2b_gs/seed_0", "joint_m2b_gs/seed_1"
     ]  # fmt: skip
-    rest = grid.run_grid(config, tmp_path / "g", rows, ["0", "1"])  # the other share only
+    rest = table4.run_grid(config, tmp_path / "g", rows, ["0", "1"])  # the other share only
     assert [p.relative_to(tmp_path / "g").as_posix() for p in rest] == [
         "ner/seed_0", "ner/seed_1"
     ]  # fmt: skip
@@ -40,9 +41,9 @@ def test_grid_runs_rows_and_seeds_and_writes_table4(tmp_path, monkeypatch):
         raise AssertionError("finished runs must not train again")
 
     monkeypatch.setattr(train, "train_and_evaluate", no_training)
-    assert grid.run_grid(config, tmp_path / "g", rows, ["0", "1"]) == []
+    assert table4.run_grid(config, tmp_path / "g", rows, ["0", "1"]) == []
 
-    text = grid.write_table(tmp_path / "g", rows, "tiny")
+    text = table4.write_table(tmp_path / "g", rows, "tiny")
     lines = text.splitlines()
     assert {line.count("|") for line in lines} == {15}  # 14 columns on every line
     assert lines[0].startswith("| encoder | method | RE option | negatives | seeds | NER P")
@@ -76,7 +77,7 @@ def test_grid_runs_rows_and_seeds_and_writes_table4(tmp_path, monkeypatch):
     assert found["a_better"] == sum(d > 0 for d in diffs)
     compared = (tmp_path / "g" / "comparisons.md").read_text().splitlines()
     assert compared[2].startswith("| joint vs standalone NER | joint_m2b_gs | ner | ner | ")
-    seconds = [grid.epoch_seconds(tmp_path / "g" / "ner" / f"seed_{s}") for s in (0, 1)]
+    seconds = [table4.epoch_seconds(tmp_path / "g" / "ner" / f"seed_{s}") for s in (0, 1)]
     assert min(seconds) > 0 and table[0]["train_seconds"][0] == pytest.approx(
         statistics.fmean(seconds)
     )

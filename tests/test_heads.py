@@ -434,7 +434,7 @@ def test_word_feature_options_train_through_the_loss(options):
     batch["word_end_index"] = jnp.array([[1, 3, 3, 4, 0, 0]])  # word 1 spans pieces 2-3
     batch["word_casing"] = jnp.array([[1, 2, 3, 2, 0, 0]])
     kwargs = dict(num_relations=3, pair_hidden_dim=8, span_hidden_dim=8, max_entities=4)
-    model = JointModel(TINY, scheme, **kwargs, **options)
+    model = JointModel.build(TINY, scheme, **kwargs, **options)
     variables = model.init(jax.random.key(0), batch, label_source="gold")
     options_ = LossOptions(scheme)
 
@@ -498,7 +498,7 @@ def test_entity_pair_relation_scores_are_the_explicit_formula():
     """Span decoder: entity features = words at its first and last word + type embedding, and
     the pair scores of two entities are the bilinear formula on those features."""
     batch = model_batch()
-    model = JointModel(
+    model = JointModel.build(
         TINY, SpanScheme(2, 4), num_relations=3, pair_hidden_dim=8, span_hidden_dim=8,
         max_entities=4,
     )  # fmt: skip
@@ -625,7 +625,7 @@ def test_incremental_mask_equals_python_reference():
 def test_both_decoders_through_one_interface(method, decoder):
     scheme = BioScheme(2) if decoder == "bio" else SpanScheme(2, 4)
     batch = model_batch()
-    model = JointModel(
+    model = JointModel.build(
         TINY, scheme, num_relations=3, method=method, pair_hidden_dim=8, span_hidden_dim=8,
         max_entities=4,
     )  # fmt: skip
@@ -724,8 +724,8 @@ def test_word_masking_replaces_whole_chosen_words_in_training_only():
     batch = model_batch()
     batch["word_end_index"] = batch["word_index"]  # one wordpiece each
     kwargs = dict(num_relations=3, pair_hidden_dim=8, span_hidden_dim=8, max_entities=4)
-    plain = JointModel(TINY, scheme, **kwargs)
-    masked = JointModel(TINY, scheme, **kwargs, word_masking=0.5, mask_token_id=1)
+    plain = JointModel.build(TINY, scheme, **kwargs)
+    masked = JointModel.build(TINY, scheme, **kwargs, word_masking=0.5, mask_token_id=1)
     variables = plain.init(jax.random.key(0), batch, label_source="gold")
     assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
         masked.init(jax.random.key(0), batch, label_source="gold")
@@ -743,7 +743,8 @@ def test_word_masking_replaces_whole_chosen_words_in_training_only():
         masked_batch = {**batch, "input_ids": mask_words(batch["input_ids"], batch, chosen, 1)}
         subsets[bits] = np.asarray(plain.apply(variables, masked_batch, True, method=read))
     quiet = dataclasses.replace(TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    no_dropout = masked.clone(dropout_rate=0.0, encoder_config=quiet)
+    options = dataclasses.replace(masked.options, dropout_rate=0.0)
+    no_dropout = masked.clone(options=options, encoder_config=quiet)
     seen = set()
     for k in range(8):
         rng = {"dropout": jax.random.key(k)}
@@ -753,6 +754,6 @@ def test_word_masking_replaces_whole_chosen_words_in_training_only():
         seen.add(match[0])
     assert len(seen) > 1
     with pytest.raises(ValueError, match="mask_token_id"):
-        JointModel(TINY, scheme, **kwargs, word_masking=0.5).apply(
+        JointModel.build(TINY, scheme, **kwargs, word_masking=0.5).apply(
             variables, batch, False, method=read, rngs={"dropout": jax.random.key(0)}
         )

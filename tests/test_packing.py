@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jointre_jax import parallel, runtime
+from jointre_jax import parallel, runtime, steps, validation
+from jointre_jax import state as state_lib
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.data.packing import PackedBatcher, make_batcher, pack, rows_for
@@ -123,7 +124,7 @@ def _rows_of_both(config, encoder, data, length=64):
 def test_a_packed_example_gets_its_logits_and_losses_alone(tmp_path, decoder, options, negatives):
     # Slots for every span an untrained decoder finds: the row's table must cut none of them.
     config, encoder, data, model = _tiny(tmp_path, decoder, max_entities=400, **options)
-    params = runtime.init_params(model, jax.random.key(0))
+    params = state_lib.init_params(model, jax.random.key(0))
     if "span_conv_layers" in options:  # its output layer starts at zero: make the term speak
         kernel = params["ner"]["conv_classes"]["kernel"]
         params["ner"]["conv_classes"]["kernel"] = jax.random.normal(jax.random.key(5), kernel.shape)
@@ -232,7 +233,7 @@ def test_packed_and_bucketed_prediction_agree(tmp_path, decoder):
     # Slots for every span an untrained decoder finds (a row's table holds several examples').
     config, encoder, data, model = _tiny(tmp_path, decoder, max_entities=400)
     mesh = runtime.make_mesh(config)
-    params = runtime.create_params(config, model, None, mesh)
+    params = state_lib.create_params(config, model, None, mesh)
     packed = dict(Predictor(config, model, params).predict(data.examples))
     config.data.packing = False
     bucketed = dict(Predictor(config, model, params).predict(data.examples))
@@ -258,9 +259,9 @@ def test_a_packed_epoch_compiles_one_training_and_one_prediction_shape(tmp_path)
     assert isinstance(batcher, PackedBatcher) and len(batcher.rows) > 4
     assert batcher.batch_size % 4 == 0  # rows a batch: a multiple of the devices
     mesh = runtime.make_mesh(config)
-    state = runtime.create_state(config, model, None, 10, mesh)
-    train_fn = runtime.jit_train_step(mesh, state, runtime.loss_options(config, encoder.scheme))
-    predict_fn = runtime.jit_predict_step(mesh, state.params, model)
+    state = state_lib.create_state(config, model, None, 10, mesh)
+    train_fn = steps.jit_train_step(mesh, state, runtime.loss_options(config, encoder.scheme))
+    predict_fn = steps.jit_predict_step(mesh, state.params, model)
     rng = jax.random.key(0)
     for epoch in range(2):
         for batch in batcher.iterate(batcher.epoch_plan(epoch)):
@@ -289,8 +290,8 @@ def test_chia_rows_are_at_least_97_percent_real_wordpieces():
 def test_compiling_ahead_leaves_every_shape_ready_and_reports_failures(tmp_path):
     config, encoder, data, model = _tiny(tmp_path, packing=False)  # several bucket shapes
     mesh = runtime.make_mesh(config)
-    params = runtime.create_params(config, model, None, mesh)
-    predict_fn = runtime.jit_predict_step(mesh, params, model)
+    params = state_lib.create_params(config, model, None, mesh)
+    predict_fn = steps.jit_predict_step(mesh, params, model)
     batcher = make_batcher(config, data.examples, encoder.scheme, training=False)
     sharding = parallel.batch_sharding(mesh)
     batches = runtime.shape_batches(batcher, batcher.eval_plan(), sharding)
@@ -353,5 +354,5 @@ def test_rows_shorter_than_the_longest_example_are_a_user_error(tmp_path):
         make_batcher(config, [], BioScheme(1), training=True)
     config.data.context_length = 400
     bert, _ = runtime.encoder_config(config)
-    with pytest.raises(ValueError, match="= 528 exceeds the encoder's 128 positions"):
-        runtime.create_model(config, BioScheme(1), 1, bert)
+    with pytest.raises(UserError, match="= 528 wordpieces: more than the 128 positions"):
+        validation.check_encoder(config, bert)

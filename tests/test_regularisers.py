@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from flax.training import train_state
 
-from jointre_jax import checkpoints, inference, runtime, train
+from configs import default
+from jointre_jax import checkpoints, inference, optim, runtime, steps, train, validation
+from jointre_jax import state as state_lib
 from jointre_jax.data.batching import Batcher
+from jointre_jax.errors import UserError
 from jointre_jax.model.losses import LossOptions, loss_terms, total_loss
 from tests.test_train import assert_evaluate_matches_training, tiny_model, tiny_train_config
 
@@ -26,7 +29,7 @@ def tiny_state(tmp_path, decoder="span", **optim):
         config.optim[key] = value
     encoder, data, model = tiny_model(config)
     mesh = runtime.make_mesh(config)
-    state = runtime.create_state(config, model, None, 10, mesh)
+    state = state_lib.create_state(config, model, None, 10, mesh)
     batcher = Batcher(data.examples, (16, 128), 4, scheme=encoder.scheme)
     batches = [batcher.build(p) for p in batcher.epoch_plan(0)]
     options = runtime.loss_options(config, encoder.scheme)
@@ -51,13 +54,13 @@ def numpy_tree(tree):
 def test_ema_params_follow_their_formula(tmp_path):
     decay = 0.6
     config, model, state, options, batches, mesh = tiny_state(tmp_path, ema_decay=decay)
-    assert runtime.eval_params(state) is state.ema_params
+    assert state_lib.eval_params(state) is state.ema_params
     expected = numpy_tree(state.params)  # the average starts at the initial parameters
-    step_fn = runtime.jit_train_step(mesh, state, options)
+    step_fn = steps.jit_train_step(mesh, state, options)
     rng = jax.random.key(0)
     for t in range(1, 5):
         state, _ = step_fn(state, batches[(t - 1) % len(batches)], rng)
-        d = min(decay, (1 + t) / (runtime.EMA_WARMUP + t))
+        d = min(decay, (1 + t) / (state_lib.EMA_WARMUP + t))
         params = numpy_tree(state.params)
         expected = jax.tree.map(lambda e, p: d * e + (1 - d) * p, expected, params)  # noqa: B023
     average = jax.tree.leaves(state.ema_params)
@@ -70,7 +73,7 @@ def test_without_ema_checkpoints_keep_their_layout(tmp_path):
     """A run without the average restores checkpoints of flax's own TrainState (what every run
     saved before the average existed), and resumes them."""
     config, model, state, options, batches, mesh = tiny_state(tmp_path)
-    assert runtime.eval_params(state) is state.params
+    assert state_lib.eval_params(state) is state.params
     old = train_state.TrainState(step=state.step, apply_fn=state.apply_fn, params=state.params,
                                  tx=state.tx, opt_state=state.opt_state)  # fmt: skip
     manager = checkpoints.checkpoint_manager(tmp_path / "ckpt")
@@ -78,22 +81,24 @@ def test_without_ema_checkpoints_keep_their_layout(tmp_path):
     restored, meta = checkpoints.restore(manager, state)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(old), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    with pytest.raises(ValueError, match="ema_decay"):
-        tiny_state(tmp_path / "bad", ema_decay=1.0)
+    config = default.get_config()
+    config.optim.ema_decay = 1.0
+    with pytest.raises(UserError, match="--config.optim.ema_decay=1.0: must be in"):
+        validation.validate(config)
 
 
 def test_perturbation_moves_each_word_embedding_table_by_epsilon(tmp_path):
     config, model, state, options, batches, mesh = tiny_state(tmp_path, decoder="bio")
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), state.params)
-    moved = runtime.perturb_word_embeddings(state.params, grads, 0.25)
+    moved = steps.perturb_word_embeddings(state.params, grads, 0.25)
     tables = 0
     for path, before in jax.tree_util.tree_leaves_with_path(state.params):
-        keys = runtime.path_keys(path)
+        keys = optim.path_keys(path)
         after = moved
         for k in keys:
             after = after[k]
         delta = np.asarray(after) - np.asarray(before)
-        if keys[1:] == runtime.WORD_EMBEDDINGS:
+        if keys[1:] == steps.WORD_EMBEDDINGS:
             tables += 1
             assert np.linalg.norm(delta) == pytest.approx(0.25, rel=1e-5)  # along g: all equal
             assert np.ptp(delta) < 1e-7 and delta.flat[0] > 0
@@ -113,8 +118,8 @@ def test_adversarial_step_adds_the_gradient_at_the_moved_embeddings(tmp_path, de
             {"params": params}, batch, deterministic=False, label_source="gold",
             tables=(options.re_table,), rngs={"dropout": dropout_key},
         )  # fmt: skip
-        value = total_loss(loss_terms(outputs, batch, options), options.ner_weight,
-                           options.re_weight)  # fmt: skip
+        value = total_loss(loss_terms(outputs, batch, options), options.ner_loss_weight,
+                           options.re_loss_weight)  # fmt: skip
         logits = outputs["ner_logits"]
         if reference is not None:  # KL(p_clean || p_adversarial), written out
             p = jax.nn.softmax(reference)
@@ -137,7 +142,7 @@ def test_adversarial_step_adds_the_gradient_at_the_moved_embeddings(tmp_path, de
     adversarial, _ = grad(moved, jax.random.fold_in(key, 1), reference)
     expected = apply(state, jax.tree.map(jnp.add, clean, adversarial))
     plain = apply(state, clean)
-    step = jax.jit(runtime.train_step, static_argnames="options")
+    step = jax.jit(steps.train_step, static_argnames="options")
     adv_options = dataclasses.replace(
         options, adversarial_epsilon=epsilon, adversarial_consistency=consistency
     )
@@ -156,8 +161,9 @@ def test_adversarial_step_adds_the_gradient_at_the_moved_embeddings(tmp_path, de
     with pytest.raises(ValueError, match="adversarial_consistency"):
         LossOptions(adversarial_consistency=1.0)  # needs the adversarial pass
     config.model.method, config.model.adversarial_consistency = "re", 1.0
-    with pytest.raises(ValueError, match="not for re"):  # a model without NER distributions
-        runtime.loss_options(config, options.scheme)
+    config.model.adversarial_epsilon = 1.0
+    with pytest.raises(UserError, match="a standalone RE model"):  # no NER distributions
+        validation.validate(config)
 
 
 def test_an_ema_run_is_scored_and_restored_with_its_average(tmp_path):

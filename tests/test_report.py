@@ -60,7 +60,7 @@ def test_split_errors(tmp_path):
 def test_report_cli_json_and_table(tmp_path):
     config = tiny_corpus(tmp_path)
     args = [
-        sys.executable, "-m", "jointre_jax.data.report", "--config=configs/default.py",
+        sys.executable, "-m", "jointre_jax.tools.report", "--config=configs/default.py",
         f"--config.data.dir={config.data.dir}", f"--config.model.encoder={config.model.encoder}",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from jointre_jax import checkpoints, inference, parallel, runtime
+from jointre_jax import checkpoints, inference, parallel, runtime, steps
+from jointre_jax import state as state_lib
 from jointre_jax.data.batching import Batcher
+from jointre_jax.errors import UserError
 from jointre_jax.labels import BioScheme
 from jointre_jax.model.losses import LossOptions
 from tests.conftest import REPO, override_flags
@@ -36,9 +38,9 @@ def test_fsdp_rule_splits_the_largest_divisible_dimension():
 def test_mesh_checks_devices_and_batch_sizes():
     assert dict(parallel.make_mesh(0, 2).shape) == {"data": 2, "fsdp": 2}
     assert dict(parallel.make_mesh(2).shape) == {"data": 2, "fsdp": 1}
-    with pytest.raises(ValueError, match="does not divide"):
+    with pytest.raises(UserError, match="does not divide"):
         parallel.make_mesh(0, 3)
-    with pytest.raises(ValueError, match="batch size 6 does not split over 4"):
+    with pytest.raises(UserError, match="batch size 6 does not split over 4"):
         parallel.make_mesh(0, 1, (6,))
 
 
@@ -49,17 +51,17 @@ def _setup(tmp_path, num_devices, fsdp):
     config.sharding.fsdp_min_size = 64  # the tiny model's arrays are small
     encoder, data, model = tiny_model(config)
     mesh = runtime.make_mesh(config)
-    state = runtime.create_state(config, model, None, 10, mesh)
+    state = state_lib.create_state(config, model, None, 10, mesh)
     batcher = Batcher(data.examples, (16, 128), 4, seed=0, scheme=encoder.scheme)
     return mesh, state, batcher
 
 
-def _run_steps(mesh, state, batcher, steps=3):
-    train_fn = runtime.jit_train_step(mesh, state, LossOptions(BioScheme(1)))
+def _run_steps(mesh, state, batcher, count=3):
+    train_fn = steps.jit_train_step(mesh, state, LossOptions(BioScheme(1)))
     sharding = parallel.batch_sharding(mesh)
     losses = []
     plan = batcher.epoch_plan(0) + batcher.epoch_plan(1)
-    for host_batch in list(batcher.iterate(plan))[:steps]:
+    for host_batch in list(batcher.iterate(plan))[:count]:
         state, metrics = train_fn(
             state, parallel.global_batch(host_batch, sharding), jax.random.key(1)
         )
@@ -90,7 +92,7 @@ def test_sharded_steps_equal_the_single_device_steps(tmp_path, num_devices, fsdp
 
 def test_fsdp_checkpoint_restores_on_one_device(tmp_path):
     mesh, state, batcher = _setup(tmp_path, 4, 2)
-    state, _ = _run_steps(mesh, state, batcher, steps=1)
+    state, _ = _run_steps(mesh, state, batcher, count=1)
     manager = checkpoints.checkpoint_manager(tmp_path / "ckpt")
     checkpoints.save(manager, int(state.step), state, {"best_epoch": 1})
     _, target, _ = _setup(tmp_path, 1, 1)

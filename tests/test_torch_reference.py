@@ -11,6 +11,7 @@ torch = pytest.importorskip(
 
 from benchmarks import torch_reference  # noqa: E402
 from jointre_jax import runtime  # noqa: E402
+from jointre_jax import state as state_lib  # noqa: E402
 from jointre_jax.data.batching import Batcher  # noqa: E402
 from jointre_jax.data.corpus import load_split, make_encoder  # noqa: E402
 from jointre_jax.data.packing import PackedBatcher  # noqa: E402
@@ -28,7 +29,7 @@ def test_torch_reference_gives_the_jax_loss_and_logits(tmp_path, re_option, pack
     bert, _ = runtime.encoder_config(config)
     runtime.resolve_sizes(config, data.examples)
     model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
-    state = runtime.create_state(config, model, None, 10, runtime.make_mesh(config))
+    state = state_lib.create_state(config, model, None, 10, runtime.make_mesh(config))
     if packed:  # every example in one row: segments, restarting positions, pairs inside one
         batcher = PackedBatcher(data.examples, 128, 1, scheme=encoder.scheme)
     else:

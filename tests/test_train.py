@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from configs import default
-from jointre_jax import checkpoints, inference, runtime, train
+from jointre_jax import checkpoints, inference, optim, runtime, steps, train, validation
+from jointre_jax import state as state_lib
 from jointre_jax.data.batching import Batcher
 from jointre_jax.data.corpus import load_split, make_encoder
+from jointre_jax.errors import UserError
 from jointre_jax.evaluation import Scorer
 from jointre_jax.labels import BioScheme
 from jointre_jax.predictor import PredictedEntity, Prediction
@@ -151,9 +153,9 @@ def test_one_compile_per_length_bucket(tmp_path):
     bert, _ = runtime.encoder_config(config)
     model = runtime.create_model(config, encoder.scheme, data.schema.num_relation_labels, bert)
     mesh = runtime.make_mesh(config)
-    state = runtime.create_state(config, model, None, 10, mesh)
-    train_fn = runtime.jit_train_step(mesh, state, runtime.loss_options(config, encoder.scheme))
-    predict_fn = runtime.jit_predict_step(mesh, state.params, model)
+    state = state_lib.create_state(config, model, None, 10, mesh)
+    train_fn = steps.jit_train_step(mesh, state, runtime.loss_options(config, encoder.scheme))
+    predict_fn = steps.jit_predict_step(mesh, state.params, model)
     rng = jax.random.key(0)
     lengths = set()
     for epoch in range(3):
@@ -281,8 +283,8 @@ def test_fresh_parameters_equal_a_full_init_with_pretrained_weights_merged(tmp_p
     assert weights_dir is not None
     model = runtime.create_model(config, encoder.scheme, encoder.schema.num_relation_labels, bert)
     mesh = runtime.make_mesh(config)
-    params = runtime.create_params(config, model, weights_dir, mesh)
-    full = runtime.init_params(model, jax.random.key(config.seed))
+    params = state_lib.create_params(config, model, weights_dir, mesh)
+    full = state_lib.init_params(model, jax.random.key(config.seed))
     merged = merge_pretrained(full, load_weights(weights_dir), ("encoder",))
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(merged), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -310,13 +312,13 @@ def test_each_parameter_takes_its_learning_rate(head_rate, decay):
         },
         "ner": {"kernel": leaf},
     }
-    tx = runtime.create_optimizer(config, total_steps=10, num_layers=3)
+    tx = optim.create_optimizer(config, total_steps=10, num_layers=3)
     state = tx.init(params)
     ones = jax.tree.map(np.ones_like, params)
     _, state = tx.update(ones, state, params)
     updates, _ = tx.update(ones, state, params)
     moved = {
-        "/".join(runtime.path_keys(path)): -float(np.asarray(u)[0])
+        "/".join(optim.path_keys(path)): -float(np.asarray(u)[0])
         for path, u in jax.tree_util.tree_leaves_with_path(updates)
     }
     expected_head = head_rate or 1.0
@@ -333,5 +335,5 @@ def test_each_parameter_takes_its_learning_rate(head_rate, decay):
 def test_layer_decay_out_of_range_is_refused():
     config = default.get_config()
     config.optim.layer_decay = 0.0
-    with pytest.raises(ValueError, match="layer_decay"):
-        runtime.create_optimizer(config, total_steps=10, num_layers=3)
+    with pytest.raises(UserError, match=r"--config.optim.layer_decay=0.0: must be in \(0.0, 1.0\]"):
+        validation.validate(config)

@@ -13,12 +13,15 @@ import zlib
 
 import pytest
 
-from jointre_jax import review_page, trials
+from jointre_jax import review_page
+from jointre_jax.data import trials
 from jointre_jax.data.brat import read_document, read_text
 from jointre_jax.errors import UserError
 from jointre_jax.extraction import Criterion, DocumentExtraction, Entity, Relation
 from tests.conftest import REPO, SHARED
 from tests.test_train import train_tiny
+
+EXTRACT = "jointre_jax.tools.extract"  # the program, as python -m runs it
 
 
 def found(text):
@@ -209,7 +212,7 @@ RECORD_TEXT = (
 def extract(run_dir, tmp_path, fmt, source, *extra):
     out = tmp_path / ("out" if fmt == "brat" else f"out.{fmt}")
     done = subprocess.run(
-        [sys.executable, "-m", "jointre_jax.extract", f"--workdir={run_dir}", f"--input={source}",
+        [sys.executable, "-m", EXTRACT, f"--workdir={run_dir}", f"--input={source}",
          f"--output={out}", f"--format={fmt}", *extra],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
         timeout=600,
@@ -259,7 +262,7 @@ def test_extract_lenient_counts_bad_records(run_dir, tmp_path):
         json.dumps(study("NCT1", RECORD_TEXT)) + "\n" + json.dumps(study("NCT2", None)) + "\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "jointre_jax.extract", f"--workdir={run_dir}", f"--input={source}",
+        [sys.executable, "-m", EXTRACT, f"--workdir={run_dir}", f"--input={source}",
          f"--output={tmp_path / 'o.jsonl'}"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
     )  # fmt: skip
@@ -381,3 +384,33 @@ def marks_of(dom: str) -> list[tuple[str, str]]:
     parser = Marks()
     parser.feed(dom)
     return parser.done
+
+
+def test_the_readme_quickstart_runs_as_written(run_dir, tmp_path):
+    """The README's quickstart, its shell block and its Python block, run as a user runs them
+    (the console script ``jointre``), on a small trained run in place of workdirs/demo."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    shell = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    python = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "workdirs/demo" in shell and "workdirs/demo" in python
+    venv_bin = pathlib.Path(sys.executable).parent
+    script = (
+        shell.replace("source .venv/bin/activate", f"export PATH={venv_bin}:$PATH")
+        .replace("workdirs/demo", str(run_dir))
+        .replace("docs/", f"{REPO}/docs/")
+    )
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
+        text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert rows and all(r["nct_id"].startswith("NCT") for r in rows)
+    assert "<html" in (tmp_path / "review.html").read_text()[:500].lower()
+    assert done.stdout.startswith("kind,doc_id,nct_id,section")  # the CSV of criteria.txt
+    code = python.replace("workdirs/demo", str(run_dir))
+    ran = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]

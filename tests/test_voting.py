@@ -1,5 +1,5 @@
 """Majority votes of saved extractions (:mod:`jointre_jax.voting`, ``python -m
-jointre_jax.vote``): what a vote keeps, its numbering and scores, bad files named by file and
+jointre_jax.tools.vote``): what a vote keeps, its numbering and scores, bad files named by file and
 line, scores against the corpus gold on a hand-made document with known counts, and the
 recorded votes of benchmarks/votes/ rescored from their saved members against Chia's gold."""
 
@@ -15,6 +15,8 @@ from jointre_jax import voting
 from jointre_jax.data.schema import Schema
 from jointre_jax.errors import UserError
 from tests.conftest import CHIA_DIR, REPO, needs_chia, write_brat
+
+VOTE = "jointre_jax.tools.vote"  # the program, as python -m runs it
 
 # The count blocks of a score (voting.score, evaluate's corpus block) that a record must match.
 SCORED_BLOCKS = ("ner", "re_e2e", "re_e2e_boundaries")
@@ -201,7 +203,7 @@ def test_the_cli_writes_the_vote_and_its_scores(tmp_path):
         for n, run in zip("abc", three_runs(), strict=True)
     ]
     out = subprocess.run(
-        [sys.executable, "-m", "jointre_jax.vote", "--extractions=" + ",".join(map(str, files)),
+        [sys.executable, "-m", VOTE, "--extractions=" + ",".join(map(str, files)),
          f"--output={tmp_path / 'voted.jsonl'}", "--config=configs/default.py",
          f"--brat_dir={brat}", f"--split_file={split}", f"--scores={tmp_path / 's.json'}"],
         cwd=REPO, capture_output=True, text=True, check=False,
@@ -213,7 +215,7 @@ def test_the_cli_writes_the_vote_and_its_scores(tmp_path):
     saved = json.loads((tmp_path / "s.json").read_text())["scores"]
     assert saved[str(files[2])]["ner"]["tp"] == 3
     bad = subprocess.run(
-        [sys.executable, "-m", "jointre_jax.vote", f"--extractions={files[0]},{tmp_path}/no.jsonl",
+        [sys.executable, "-m", VOTE, f"--extractions={files[0]},{tmp_path}/no.jsonl",
          f"--output={tmp_path / 'v.jsonl'}"],
         cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip

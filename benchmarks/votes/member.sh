@@ -5,7 +5,7 @@
 # and NAME.metrics.json (the run's own test scores, metrics.json, and its per-epoch dev log).
 # OUT, CHIA and PYTHON override the folder written, the corpus (brat/, splits/) and the Python.
 # Then any three members of one recipe score as one vote (README.md here):
-#     python -m jointre_jax.vote --extractions=A.test.jsonl.gz,B.test.jsonl.gz,C.test.jsonl.gz ...
+#     python -m jointre_jax.tools.vote --extractions=A.test.jsonl.gz,B.test.jsonl.gz,C.test.jsonl.gz ...
 set -eu
 cd "$(dirname "$0")/../.."
 RUN=${1:?usage: member.sh WORKDIR NAME}
@@ -15,7 +15,7 @@ CHIA=${CHIA:-../shared/data/chia}
 OUT=${OUT:-benchmarks/votes}
 test -f "$RUN/metrics.json" || { echo "member.sh: $RUN has no metrics.json (not a finished run)" >&2; exit 2; }
 for split in dev test; do
-    "$PY" -m jointre_jax.extract --workdir="$RUN" --input="$CHIA/brat" \
+    "$PY" -m jointre_jax.tools.extract --workdir="$RUN" --input="$CHIA/brat" \
         --split_file="$CHIA/splits/$split.txt" --output="$OUT/$NAME.$split.jsonl"
     gzip -n -f "$OUT/$NAME.$split.jsonl"
 done

@@ -102,9 +102,17 @@ def count_unpaired(accounting: Accounting, orphans: list[pathlib.Path]) -> None:
         accounting.messages.append(f"{path}: no {text} beside it; not read")
 
 
+# The fields of config.data that decide how a criterion becomes an example (its schema, its
+# labels, its wordpieces), which the members of an ensemble must share.
+ENCODING_FIELDS = (
+    "entity_types", "relation_types", "group_relations", "group_expansion", "entity_aliases",
+    "relation_aliases", "overlap_policy", "anchor", "max_length", "context_length",
+)  # fmt: skip
+
+
 def make_encoder(config) -> Encoder:
     """The Encoder that ``config`` describes (schema, tokenizer, length, label scheme)."""
-    lowercase = config.model.get("lowercase")
+    lowercase = config.model.lowercase
     tokenizer = load_tokenizer(str(config.model.encoder), lowercase)
     return Encoder(
         Schema.from_config(config.data),
@@ -112,7 +120,7 @@ def make_encoder(config) -> Encoder:
         max_length=int(config.data.max_length),
         scheme=make_scheme(config),
         lenient=bool(config.data.lenient),
-        context_length=int(config.data.get("context_length", 0)),
+        context_length=int(config.data.context_length),
     )
 
 
@@ -190,7 +198,7 @@ def load_split(
     examples, acc = encode_files(paths, encoder, split, progress, gold)
     count_unpaired(acc, unpaired_annotations(brat_dir, ids))
     field = "max_train_examples" if split == config.data.train_split else "max_eval_examples"
-    limit = int(config.data.get(field, 0) or 0)
+    limit = int(config.data[field])
     if 0 < limit < len(examples):
         cut = examples[limit - 1].doc_id
         whole = {ex.doc_id for ex in examples[:limit]} - (

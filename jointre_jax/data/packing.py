@@ -99,7 +99,7 @@ def row_slots(examples: Sequence[Example], length: int, multiple: int = 8) -> in
 
 def example_length(config) -> int:
     """The most wordpieces an example can have: ``data.max_length`` + ``data.context_length``."""
-    return int(config.data.max_length) + int(config.data.get("context_length", 0))
+    return int(config.data.max_length) + int(config.data.context_length)
 
 
 def row_length(config) -> int:
@@ -198,7 +198,7 @@ def make_batcher(
     data = config.data
     seed = int(config.seed) if training else 0
     slots = int(config.model.max_entities)
-    if data.get("packing", False):
+    if data.packing:
         length = row_length(config)
         rows = int(data.pack_rows if training else data.eval_pack_rows)
         if not rows:  # sizes not resolved (a config never trained): from these examples

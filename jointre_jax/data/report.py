@@ -1,6 +1,6 @@
 """Data report: what each split holds, keeps and drops, and the padding of its batches.
 
-    python -m jointre_jax.data.report --config=configs/minilm_m2.py [--json] [--splits=train,dev]
+The program is :mod:`jointre_jax.tools.report` (``jointre report --config=...``).
 
 For entities and relations of the kept types, ``raw = kept + sum(dropped)`` exactly (OR groups
 expanded into binary relations before counting). Types the schema leaves out are listed under
@@ -10,25 +10,9 @@ lenient mode under ``skipped`` with their ``path:line`` messages under ``problem
 
 from __future__ import annotations
 
-import json
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
-
-from jointre_jax import cli
 from jointre_jax.data.batching import padding_stats
 from jointre_jax.data.corpus import load_split, make_encoder
 from jointre_jax.data.packing import PackedBatcher, make_batcher
-
-FLAGS = flags.FLAGS
-
-
-def _define_flags() -> None:
-    """Command-line flags, defined only when run as a program (imports never clash)."""
-    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
-    flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
-    flags.DEFINE_list("splits", None, "Splits to report (default: train, eval, test).")
 
 
 def build_report(config, splits=None, progress: bool = False) -> dict:
@@ -142,19 +126,3 @@ def format_report(report: dict) -> str:
         if len(problems) > 20:
             out.append(f"  ... {len(problems) - 20} more (see --json)")
     return "\n".join(out)
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    report = build_report(FLAGS.config, FLAGS.splits, progress=not FLAGS.json)
-    if FLAGS.json:
-        json.dump(report, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        print(format_report(report))
-
-
-if __name__ == "__main__":
-    _define_flags()
-    cli.run(main, "report", required=("config",))

@@ -35,15 +35,15 @@ The bilinear term is one einsum over all entity pairs: ``bid,rde,bje->bijr``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jointre_jax.data.tokenization import CASINGS
 from jointre_jax.labels import (
-    BioScheme,
     EntityScheme,
-    SpanScheme,
     gold_as_decoded,
     gold_table,
     segment_starts,
@@ -229,6 +229,52 @@ def incremental_table(gold: dict, predicted: dict) -> dict:
     return joined
 
 
+def per_run(default):
+    """A :class:`ModelOptions` field that the members of an ensemble need not share (training
+    only, or the size of a static table that inference takes from the first member)."""
+    return dataclasses.field(default=default, metadata={"shared": False})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """Every option of ``config.model`` that builds the network, named as in the config
+    (``configs/default.py`` says what each does). :meth:`from_config` is the one place they
+    are read; a new option is a field here and a line in the config, nothing else. The
+    defaults are the config's, for models built by hand (tests).
+
+    The members of an ensemble must share every field but those made with :func:`per_run`
+    (:meth:`shared`; ``jointre_jax.inference.check_member``).
+    """
+
+    method: str = "joint"
+    re_option: str = "m2_bilinear"
+    ner_label_embedding_dim: int = 16
+    pair_hidden_dim: int = 256
+    span_hidden_dim: int = 256
+    span_pooling_dim: int = 0
+    span_context: bool = False
+    span_conv_layers: int = 0
+    span_conv_dim: int = 64
+    word_features: str = "first"
+    layer_mix: bool = False
+    word_lstm_dim: int = 0
+    casing_embedding_dim: int = 0
+    max_entities: int = per_run(32)
+    dropout_rate: float = per_run(0.1)
+    word_masking: float = per_run(0.0)
+    compute_dtype: str = per_run("float32")
+
+    @classmethod
+    def from_config(cls, model) -> ModelOptions:
+        """The options of ``config.model`` (every field read, each as its field's type)."""
+        return cls(**{f.name: type(f.default)(model[f.name]) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def shared(cls) -> tuple[str, ...]:
+        """The fields the members of an ensemble must share."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("shared", True))
+
+
 class JointModel(nn.Module):
     """NER and/or RE over a BERT encoder; see the module docstring for the variants.
 
@@ -238,7 +284,7 @@ class JointModel(nn.Module):
     it) and, for each name in ``tables`` ("gold", "predicted", "incremental"), that entity
     table as ``table_<name>`` and its relation logits as ``re_logits_<name>`` [B, N', N', R]
     (not for ``ner``). It composes two stages that prediction also calls one by one, so that
-    an ensemble decodes between them (:func:`jointre_jax.runtime.predict_step`): ``encode``
+    an ensemble decodes between them (:func:`jointre_jax.steps.predict_step`): ``encode``
     (NER logits and the pair scorer's word features) and ``relation_logits`` (of any table).
 
     Packed rows (:mod:`jointre_jax.data.packing`): the encoder keeps to each segment
@@ -264,81 +310,88 @@ class JointModel(nn.Module):
     encoder_config: BertConfig
     scheme: EntityScheme
     num_relations: int
-    method: str = "joint"
-    re_option: str = "m2_bilinear"
-    label_embedding_dim: int = 16
-    pair_hidden_dim: int = 256
-    span_hidden_dim: int = 256
-    max_entities: int = 32
-    dropout_rate: float = 0.1
-    word_features: str = "first"
-    layer_mix: bool = False
-    word_lstm_dim: int = 0
-    span_pooling_dim: int = 0
-    span_context: bool = False
-    span_conv_layers: int = 0
-    span_conv_dim: int = 64
-    casing_embedding_dim: int = 0
-    word_masking: float = 0.0
+    options: ModelOptions = ModelOptions()
     mask_token_id: int = -1
-    dtype: jnp.dtype = jnp.float32
+
+    @classmethod
+    def build(cls, encoder_config, scheme, num_relations, mask_token_id=-1, **options):
+        """A model of ``ModelOptions(**options)`` (tests build small ones by hand)."""
+        return cls(encoder_config, scheme, num_relations, ModelOptions(**options), mask_token_id)
+
+    @property
+    def method(self) -> str:
+        return self.options.method
+
+    @property
+    def max_entities(self) -> int:
+        return self.options.max_entities
+
+    @property
+    def dtype(self):
+        return jnp.dtype(self.options.compute_dtype)
 
     def setup(self):
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r} not in {METHODS}")
         bert = lambda name: BertModel(self.encoder_config, self.dtype, name=name)  # noqa: E731
         pairs = lambda name: PairScorer(  # noqa: E731
-            self.num_relations, self.pair_hidden_dim, self.re_option, self.dtype, name=name
+            self.num_relations,
+            self.options.pair_hidden_dim,
+            self.options.re_option,
+            self.dtype,
+            name=name,
         )
-        if self.word_features not in WORD_FEATURES:
-            raise ValueError(f"word_features {self.word_features!r} not in {WORD_FEATURES}")
+        if self.options.word_features not in WORD_FEATURES:
+            raise ValueError(f"word_features {self.options.word_features!r} not in {WORD_FEATURES}")
         self.encoder = bert("encoder")
-        if self.layer_mix:  # softmax weights over the embeddings and every layer, and a scale
+        if (
+            self.options.layer_mix
+        ):  # softmax weights over the embeddings and every layer, and a scale
             layers = self.encoder_config.num_hidden_layers + 1
             self.layer_weights = self.param("layer_weights", nn.initializers.zeros, (layers,))
             self.layer_scale = self.param("layer_scale", nn.initializers.ones, ())
-        if self.casing_embedding_dim:
-            self.casing_embedding = nn.Embed(len(CASINGS), self.casing_embedding_dim)
-        if self.word_lstm_dim:
-            self.word_lstm = WordLSTM(self.word_lstm_dim)
+        if self.options.casing_embedding_dim:
+            self.casing_embedding = nn.Embed(len(CASINGS), self.options.casing_embedding_dim)
+        if self.options.word_lstm_dim:
+            self.word_lstm = WordLSTM(self.options.word_lstm_dim)
         classes = self.scheme.num_classes
         if self.method in ("joint", "ner", "pipeline"):
-            if isinstance(self.scheme, SpanScheme):
+            if self.scheme.scores_spans:
                 self.ner_spans = SpanScorer(
                     classes,
-                    self.span_hidden_dim,
+                    self.options.span_hidden_dim,
                     self.scheme.max_width,
-                    pool_dim=self.span_pooling_dim,
-                    conv_layers=self.span_conv_layers,
-                    conv_dim=self.span_conv_dim,
+                    pool_dim=self.options.span_pooling_dim,
+                    conv_layers=self.options.span_conv_layers,
+                    conv_dim=self.options.span_conv_dim,
                     dtype=self.dtype,
                     name="ner",
                 )
             else:
                 self.ner_dense = nn.Dense(classes, dtype=self.dtype, name="ner")
         if self.method == "joint":
-            self.label_embedding = nn.Embed(classes, self.label_embedding_dim)
+            self.label_embedding = nn.Embed(classes, self.options.ner_label_embedding_dim)
         if self.method in ("joint", "re"):
             self.pairs = pairs("pairs")
         if self.method == "pipeline":
             self.re_encoder = bert("re_encoder")
             self.re_pairs = pairs("re_pairs")
-        self.dropout = nn.Dropout(self.dropout_rate)
+        self.dropout = nn.Dropout(self.options.dropout_rate)
 
     def words(self, encoder, batch, deterministic: bool):
         """(word features [B, L, D'], criterion context [B, L, D] or None) from the encoder
         output (see ``word_features``, ``layer_mix``, ``casing_embedding_dim``,
         ``word_lstm_dim``, ``span_context`` and ``word_masking`` in the class docstring)."""
         ids, mask = batch["input_ids"], batch["input_mask"]
-        if self.word_masking and not deterministic:
+        if self.options.word_masking and not deterministic:
             if self.mask_token_id < 0:
                 raise ValueError("word_masking needs the tokenizer's mask_token_id")
             chosen = jax.random.bernoulli(
-                self.make_rng("dropout"), self.word_masking, batch["word_mask"].shape
+                self.make_rng("dropout"), self.options.word_masking, batch["word_mask"].shape
             )
             ids = mask_words(ids, batch, chosen & batch["word_mask"], self.mask_token_id)
         packing = {k: batch.get(k) for k in ("segment_ids", "position_ids")}  # packed rows
-        if self.layer_mix:
+        if self.options.layer_mix:
             layers = encoder(ids, mask, deterministic=deterministic, all_layers=True, **packing)
             weights = jax.nn.softmax(self.layer_weights).astype(layers.dtype)
             hidden = self.layer_scale.astype(layers.dtype) * jnp.einsum(
@@ -347,21 +400,21 @@ class JointModel(nn.Module):
         else:
             hidden = encoder(ids, mask, deterministic=deterministic, **packing)
         hidden = self.dropout(hidden, deterministic=deterministic)
-        context = criterion_context(hidden, batch) if self.span_context else None
+        context = criterion_context(hidden, batch) if self.options.span_context else None
         words = gather(hidden, batch["word_index"])
-        if self.word_features == "first_last":
+        if self.options.word_features == "first_last":
             words = jnp.concatenate([words, gather(hidden, batch["word_end_index"])], axis=-1)
-        if self.casing_embedding_dim:
+        if self.options.casing_embedding_dim:
             casing = self.casing_embedding(batch["word_casing"]).astype(words.dtype)
             words = jnp.concatenate([words, casing], axis=-1)
-        if self.word_lstm_dim:
+        if self.options.word_lstm_dim:
             words = self.word_lstm(words.astype(jnp.float32), word_segments(batch))
             words = self.dropout(words.astype(self.dtype), deterministic=deterministic)
         return words, context
 
     def ner(self, words, deterministic: bool, context=None, segment=None):
-        if isinstance(self.scheme, SpanScheme):
-            return self.ner_spans(words, deterministic, self.dropout_rate, context, segment)
+        if self.scheme.scores_spans:
+            return self.ner_spans(words, deterministic, self.options.dropout_rate, context, segment)
         return self.ner_dense(words)
 
     def entity_features(self, words, table, labels=None):
@@ -370,7 +423,7 @@ class JointModel(nn.Module):
         ``labels``: BIO tags [B, L] whose embedding joins each word's features (joint BIO), or
         for the span scheme any non-None value to add the entity type embedding (joint span).
         """
-        if isinstance(self.scheme, BioScheme):
+        if not self.scheme.scores_spans:
             if labels is not None:
                 embedded = self.label_embedding(labels).astype(words.dtype)
                 words = jnp.concatenate([words, embedded], axis=-1)
@@ -400,7 +453,7 @@ class JointModel(nn.Module):
         else None."""
         if self.method != "joint":
             return None
-        if isinstance(self.scheme, SpanScheme):
+        if self.scheme.scores_spans:
             return True
         if label_source == "gold" and "ner_labels" in batch:
             return batch["ner_labels"]
@@ -411,7 +464,7 @@ class JointModel(nn.Module):
         decoded table may come from an ensemble's averaged NER probabilities)."""
         scorer = self.re_pairs if self.method == "pipeline" else self.pairs
         features = self.entity_features(pair_words, table, labels)
-        return scorer(features, deterministic, self.dropout_rate)
+        return scorer(features, deterministic, self.options.dropout_rate)
 
     def __call__(
         self,

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jointre_jax.labels import BioScheme, EntityScheme, SpanScheme, gold_table
+from jointre_jax.labels import BioScheme, EntityScheme, gold_table
 from jointre_jax.model.joint import gather
 
 NEGATIVE_SAMPLING = ("gs-based", "incremental")
@@ -45,16 +45,18 @@ _NEIGHBOURS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 
 @dataclasses.dataclass(frozen=True)
 class LossOptions:
-    """The static options of the training loss (bound to ``train_step`` with partial)."""
+    """The static options of the training loss (bound to ``train_step`` with partial), named
+    as in ``config.model`` (``configs/default.py`` says what each does); :meth:`from_config`
+    reads them all. The defaults are the config's, for losses built by hand (tests)."""
 
     scheme: EntityScheme = dataclasses.field(default_factory=lambda: BioScheme(1))
     negative_sampling: str = "gs-based"
-    label_source: str = "gold"
-    ner_weight: float = 1.0
-    re_weight: float = 1.0
+    train_label_source: str = "gold"
+    ner_loss_weight: float = 1.0
+    re_loss_weight: float = 1.0
     boundary_smoothing: float = 0.0
     span_negative_keep: float = 1.0
-    # > 0: adversarial training on the word embeddings (runtime.train_step), this the norm of
+    # > 0: adversarial training on the word embeddings (steps.train_step), this the norm of
     # each encoder's perturbation.
     adversarial_epsilon: float = 0.0
     # > 0 (with adversarial_epsilon): the adversarial pass's loss also holds this weight times
@@ -85,16 +87,22 @@ class LossOptions:
                 "only with adversarial_epsilon > 0 (it compares the adversarial pass with the "
                 "clean one)"
             )
-        if self.boundary_smoothing and not isinstance(self.scheme, SpanScheme):
+        if self.boundary_smoothing and not self.scheme.scores_spans:
             raise ValueError("boundary_smoothing needs the span decoder (model.ner_decoder)")
         if not 0.0 < self.span_negative_keep <= 1.0:
             raise ValueError(f"span_negative_keep {self.span_negative_keep} not in (0, 1]")
-        if self.span_negative_keep < 1.0 and not isinstance(self.scheme, SpanScheme):
+        if self.span_negative_keep < 1.0 and not self.scheme.scores_spans:
             raise ValueError("span_negative_keep needs the span decoder (model.ner_decoder)")
         if not 0.0 <= self.distillation_weight <= 1.0:
             raise ValueError(f"distillation_weight {self.distillation_weight} not in [0, 1]")
-        if self.distillation_weight and not isinstance(self.scheme, SpanScheme):
+        if self.distillation_weight and not self.scheme.scores_spans:
             raise ValueError("distillation_weight needs the span decoder (model.ner_decoder)")
+
+    @classmethod
+    def from_config(cls, model, scheme: EntityScheme) -> LossOptions:
+        """The loss options of ``config.model`` (every field but the scheme read from it)."""
+        fields = [f for f in dataclasses.fields(cls) if f.name != "scheme"]
+        return cls(scheme, **{f.name: type(f.default)(model[f.name]) for f in fields})
 
     @property
     def re_table(self) -> str:
@@ -151,7 +159,7 @@ def smoothed_span_targets(targets, mask, num_classes: int, epsilon: float):
 def ner_targets(scheme: EntityScheme, batch):
     """(targets int32, mask bool) of the NER loss, shaped like ``ner_logits`` without classes."""
     rows = batch["row_mask"]
-    if isinstance(scheme, SpanScheme):
+    if scheme.scores_spans:
         length = batch["word_mask"].shape[1]
         mask = scheme.span_mask(batch["word_mask"], batch.get("word_segment"))
         mask &= rows[:, None, None]

@@ -226,7 +226,11 @@ def _study_fields(study):
     if not isinstance(study, dict):
         return "", "", ("not_a_study", "not a study object")
     protocol = study.get("protocolSection") or {}
-    nct_id = str((protocol.get("identificationModule") or {}).get("nctId") or "").strip()
+    raw = (protocol.get("identificationModule") or {}).get("nctId")
+    if raw is not None and not isinstance(raw, str):
+        return "", "", ("bad_nct_id", f"protocolSection.identificationModule.nctId is "
+                                      f"{type(raw).__name__} {raw!r}, not a string")  # fmt: skip
+    nct_id = (raw or "").strip()
     label = f" ({nct_id})" if nct_id else ""
     if not nct_id:
         return "", "", ("no_nct_id", "no protocolSection.identificationModule.nctId")

@@ -1,10 +1,10 @@
 """A majority vote of several runs' saved extractions, and its scores against the corpus gold.
 
-    python -m jointre_jax.vote --extractions=A.jsonl.gz,B.jsonl.gz,C.jsonl.gz \
+    jointre vote --extractions=A.jsonl.gz,B.jsonl.gz,C.jsonl.gz \
         [--min_votes=N] [--output=VOTED.jsonl] \
         [--config=configs/minilm_span.py --brat_dir=D [--split_file=F] --scores=FILE]
 
-Each extraction is ``python -m jointre_jax.extract --format=jsonl`` output (gzipped or not) of
+Each extraction is ``jointre extract --format=jsonl`` output (gzipped or not) of
 the same documents; the vote keeps what at least ``--min_votes`` of them predict (default: a
 strict majority; :mod:`jointre_jax.voting`). ``--output`` writes the voted extraction in the
 same jsonl form. With ``--brat_dir``, every extraction and the vote are scored against that

@@ -1,6 +1,6 @@
 """`make demo`: trains briefly, prints the test scores and a few extracted criteria.
 
-python -m jointre_jax.demo --config=configs/demo.py --workdir=workdirs/demo
+jointre demo --config=configs/demo.py --workdir=workdirs/demo
 """
 
 import pathlib

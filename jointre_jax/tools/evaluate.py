@@ -1,6 +1,6 @@
 """Scores a trained run on any BRAT folder, in the form of ``metrics.json``.
 
-    python -m jointre_jax.evaluate --workdir=DIR --brat_dir=D [--split_file=F] --out=FILE \
+    jointre evaluate --workdir=DIR --brat_dir=D [--split_file=F] --out=FILE \
         [--ensemble=DIR2,DIR3]
 
 The run's own config (``DIR/config.json``) gives the schema, tokenizer and model; the best

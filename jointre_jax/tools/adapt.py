@@ -1,6 +1,6 @@
 """Adapts a config's encoder to its corpus: masked-LM training on the train split's text.
 
-    python -m jointre_jax.adapt --config=configs/minilm_span.py --out=runs/minilm_chia \
+    jointre adapt --config=configs/minilm_span.py --out=runs/minilm_chia \
         [--epochs=8 --learning_rate=1e-4]
     python -m jointre_jax.main --config=configs/minilm_span.py --workdir=runs/span \
         --config.model.encoder=runs/minilm_chia

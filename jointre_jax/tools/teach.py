@@ -1,6 +1,6 @@
 """Writes a teacher's span distributions of a split, for knowledge distillation.
 
-    python -m jointre_jax.teach --workdir=runs/span_s0 --ensemble=runs/span_s1,runs/span_s2 \
+    jointre teach --workdir=runs/span_s0 --ensemble=runs/span_s1,runs/span_s2 \
         --out=runs/teacher.npz
     python -m jointre_jax.main --config=configs/minilm_span.py --workdir=runs/student \
         --config.data.teacher_file=runs/teacher.npz --config.model.distillation_weight=0.5

@@ -1,16 +1,11 @@
 """The paper's Table 4 as a grid of runs: configurations x seeds, then one markdown table.
 
-    python -m jointre_jax.grid --config=configs/minilm_m2.py --workdir=DIR \
-        [--rows=all|ROW,ROW...] [--seeds=0,1,2] [--process_index=I --process_count=N] \
-        [--table_only] [--config.x=y ...]
-
-Each (row, seed) trains in ``DIR/ROW/seed_S`` with ``train.train_and_evaluate`` (the same code
-as ``jointre_jax.main``); a run whose ``metrics.json`` exists is skipped, and an interrupted
-one resumes from its checkpoint, so rerunning the command finishes the grid. With
-``--process_count=N`` the runs are dealt round-robin and process I trains only its share (start
-one process per GPU, e.g. with ``CUDA_VISIBLE_DEVICES=I``); the table is written from whatever
-``metrics.json`` files exist, so the last process to finish, or ``--table_only``, writes the
-whole table. ``--config.x=y`` overrides apply to every row (epochs, learning rate, encoder...).
+The program is :mod:`jointre_jax.tools.grid` (``jointre grid``). Each (row, seed) trains in
+``DIR/ROW/seed_S`` with ``train.train_and_evaluate`` (the same code as ``jointre_jax.main``);
+a run whose ``metrics.json`` exists is skipped, and an interrupted one resumes from its
+checkpoint, so rerunning the command finishes the grid. With ``process_count`` N the runs are
+dealt round-robin and process I trains only its share; the table is written from whatever
+``metrics.json`` files exist.
 
 The table (``DIR/table4.md`` and ``DIR/table4.json``) has the columns of the paper's Table 4:
 encoder, method, RE option, negative sampling, NER P/R/F, RE gs-based P/R/F, RE end-to-end P/R/F
@@ -30,13 +25,11 @@ import pathlib
 import statistics
 
 import jax
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
 
-from jointre_jax import cli, train
+from jointre_jax import train
+from jointre_jax.errors import UserError
 
-log = logging.getLogger("jointre_jax.grid")  # not __main__ when run with -m
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,23 +64,6 @@ ROWS_BY_NAME = {row.name: row for row in ROWS}
 # Score groups a method has: standalone NER has no RE, standalone RE no NER or end-to-end RE.
 SCORED = {"ner": ("ner",), "re": ("re_gs",)}
 GROUPS = ("ner", "re_gs", "re_e2e")
-FLAGS = flags.FLAGS
-
-
-def _define_flags() -> None:
-    """Command-line flags, defined only when run as a program (imports never clash)."""
-    config_flags.DEFINE_config_file("config", None, "Base config (configs/*.py).")
-    flags.DEFINE_string("workdir", None, "Grid directory.")
-    flags.DEFINE_list("rows", ["all"], f"Rows: all, or some of {sorted(ROWS_BY_NAME)}.")
-    flags.DEFINE_list("seeds", ["0"], "Seeds.")
-    flags.DEFINE_integer("process_index", 0, "This process's share of the runs.")
-    flags.DEFINE_integer("process_count", 1, "Processes sharing the grid.")
-    flags.DEFINE_bool("table_only", False, "Only write the table from finished runs.")
-    flags.DEFINE_string(
-        "compilation_cache", None,
-        "Persistent XLA compilation cache shared by the runs (seeds of a row compile the same "
-        "shapes); default WORKDIR/.jax_cache, 'none' to turn it off.",
-    )  # fmt: skip
 
 
 def select_rows(names) -> list[Row]:
@@ -96,7 +72,7 @@ def select_rows(names) -> list[Row]:
         return list(ROWS)
     unknown = sorted(set(names) - ROWS_BY_NAME.keys())
     if unknown:
-        raise ValueError(f"unknown rows {unknown}: choose from {sorted(ROWS_BY_NAME)}")
+        raise UserError(f"--rows: unknown rows {unknown}: choose from {sorted(ROWS_BY_NAME)}")
     return [row for row in ROWS if row.name in names]
 
 
@@ -270,24 +246,3 @@ def write_table(workdir, rows, encoder: str) -> str:
 def encoder_name(config) -> str:
     """A short name of the config's encoder for the table (last path component or hub id)."""
     return pathlib.Path(str(config.model.encoder)).name or str(config.model.encoder)
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("jointre_jax").setLevel(logging.INFO)
-    config, workdir = FLAGS.config, pathlib.Path(FLAGS.workdir)
-    rows = select_rows(FLAGS.rows)
-    if FLAGS.compilation_cache != "none":
-        cache = FLAGS.compilation_cache or str(workdir / ".jax_cache")
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    if not FLAGS.table_only:
-        run_grid(config, workdir, rows, FLAGS.seeds, FLAGS.process_index, FLAGS.process_count)
-    print(write_table(workdir, rows, encoder_name(config)))
-
-
-if __name__ == "__main__":
-    _define_flags()
-    cli.run(main, "grid", required=("config", "workdir"))
