@@ -101,14 +101,13 @@ def _acquire(path: pathlib.Path, target, what: str, program: str):
     return lock, owner_path
 
 
-def _agree(held: bool, target, what: str) -> None:
-    """On several processes: every one learns whether process 0 got the lock."""
+def _agree(held: bool) -> bool:
+    """Whether process 0 got the lock (``held`` there), as every process learns it."""
     if jax.process_count() == 1:
-        return
+        return held
     from jax.experimental import multihost_utils
 
-    if not int(multihost_utils.broadcast_one_to_all(np.int32(held))) and held is not False:
-        raise Locked(f"{what} {target} is in use by another process (process 0 says so)")
+    return bool(int(multihost_utils.broadcast_one_to_all(np.int32(held))))
 
 
 @contextlib.contextmanager
@@ -128,15 +127,16 @@ def hold(
     target = pathlib.Path(target)
     path = lock_path(target, folder)
     created = folder and not target.exists()
-    lock = owner_path = None
+    lock = owner_path = refused = None
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             lock, owner_path = _acquire(path, target, what, program)
-        except Locked:
-            _agree(False, target, what)
-            raise
-    _agree(True, target, what)
+        except Locked as err:
+            refused = err
+    if not _agree(refused is None):
+        raise refused or Locked(f"{what} {target} is in use by another process (process 0 "
+                                "of this run found it held)")  # fmt: skip
     failed = False
     try:
         yield

@@ -9,7 +9,9 @@ same command resumes at that step and ends as an uninterrupted run would. A seco
 stops the process at once, as it would have without this.
 
 On several processes the stop is agreed first: :meth:`StopRequest.requested` is collective
-(the processes' requests, all-gathered at each step), so every process saves the same step.
+(the processes' requests, all-gathered), so every process saves the same step. The gather
+waits for the step on the device, so within an epoch it runs every :data:`AGREE_EVERY`
+steps only (well inside any grace period), and at every epoch's end.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Steps between two agreements of several processes within an epoch (one process: every step).
+AGREE_EVERY = 10
 
 
 class StopRequest:
@@ -54,11 +58,14 @@ class StopRequest:
         log.warning("%s received: finishing this step, then saving a checkpoint (a second "
                     "signal stops at once)", signal.Signals(signum).name)  # fmt: skip
 
-    def requested(self) -> bool:
-        """Whether to stop after the current step; on several processes the same answer on
-        every one (a collective: every process must ask at the same steps)."""
+    def requested(self, step: int | None = None) -> bool:
+        """Whether to stop after ``step`` (None: at an epoch's end); on several processes the
+        same answer on every one, agreed at the epoch's end and every :data:`AGREE_EVERY`
+        steps (a collective: every process asks at the same steps), else False."""
         if jax.process_count() == 1:
             return self.signum is not None
+        if step is not None and step % AGREE_EVERY:
+            return False
         from jax.experimental import multihost_utils
 
         signums = multihost_utils.process_allgather(np.int32(self.signum or 0))

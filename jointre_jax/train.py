@@ -223,12 +223,11 @@ class Loop:
         steps_per_epoch = self.batcher.steps_per_epoch()
         with StopRequest() as stop:
             for epoch in range(step // steps_per_epoch, self.num_epochs):
-                offset = step - epoch * steps_per_epoch
-                carried = (carried_sums or {}) if offset else {}
-                state, step = self._epoch(state, step, epoch, carried, stop)
+                state, step = self._epoch(state, step, epoch, carried_sums, stop)
+                carried_sums = None  # the restored epoch is behind
         return state
 
-    def _epoch(self, state, step: int, epoch: int, carried: dict, stop: StopRequest):
+    def _epoch(self, state, step: int, epoch: int, carried_sums, stop: StopRequest):
         """One epoch from ``step``; returns (state, step)."""
         process, processes = jax.process_index(), jax.process_count()
         is_main = process == 0
@@ -237,6 +236,7 @@ class Loop:
         offset = step - epoch * steps_per_epoch
         # The loss sums of the epoch so far: carried in the checkpoint, so that a resumed
         # epoch logs the same mean losses as an uninterrupted one.
+        carried = (carried_sums or {}) if offset else {}
         sums = {k: float(carried.get(k, 0.0)) for k in self.terms}
         pending = None
         started = time.time()
@@ -257,7 +257,7 @@ class Loop:
             bar.update(1)
             periodic = self.checkpoint_every and step % self.checkpoint_every == 0
             within = step % steps_per_epoch != 0  # the epoch's end saves after its scores
-            stopping = within and stop.requested()
+            stopping = within and stop.requested(step)
             if within and (periodic or stopping):
                 _accumulate(sums, pending, bar)
                 pending = None
