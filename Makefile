@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # why); elsewhere prefer the CPU wheel index (see benchmarks/README.md) over PyPI's CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv test lint format demo report bench bench-extract table4 browser clean
+.PHONY: venv test lint format demo report bench bench-extract bench-store table4 browser postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint browser
+test: lint browser postgres
 	$(PY) -m pytest -q -n 2 tests
 
 # Chromium for the review page's browser test, where it can be installed (root with apt, as in
@@ -38,6 +38,19 @@ browser:
 	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; } && \
 	  echo "browser: installed chromium"; } || echo "browser: chromium not installed (the browser test will skip)"
+
+# The PostgreSQL server binaries for the store's tests (tests/postgres_server.py starts a
+# throwaway cluster on 127.0.0.1 in a temporary folder), where they can be installed (root with
+# apt, as in CI; the package's own default cluster is not created); elsewhere those tests skip
+# and say why.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  mkdir -p /etc/postgresql-common && \
+	  { [ -f /etc/postgresql-common/createcluster.conf ] || echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf; } && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1; }; } && \
+	  echo "postgres: installed the postgresql server"; } || echo "postgres: no PostgreSQL server (the database tests will skip)"
 
 # A short training run: Chia + MiniLM from ../shared when present, else the shipped sample;
 # then the README's quickstart: three trials' records through it, as a page to review.
@@ -58,6 +71,12 @@ bench: $(STAMP)
 bench-extract: $(STAMP)
 	@test -n "$(RUN)" || { echo "usage: make bench-extract RUN=DIR (a trained run's workdir)"; exit 2; }
 	$(PY) -m benchmarks.extraction --workdir=$(RUN) --json=benchmarks/results/cpu_extraction.json
+
+# Streaming extraction into DuckDB, end to end: 1 process, 2 shards, 10x the records (about
+# 12 minutes on 2 cores): make bench-store RUN=DIR
+bench-store: $(STAMP)
+	@test -n "$(RUN)" || { echo "usage: make bench-store RUN=DIR (a trained run's workdir)"; exit 2; }
+	$(PY) -m benchmarks.store --workdir=$(RUN) --json=benchmarks/results/cpu_store.json
 
 # The Table 4 grid on the CPU budget (9 rows x 3 seeds, about 1 h 40 min on 2 cores); resumable.
 table4: $(STAMP)

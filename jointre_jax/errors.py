@@ -19,12 +19,14 @@ class Preempted(Exception):  # noqa: N818 - a stop, not a failure
     program exits with ``status`` (128 + the signal: 143 for SIGTERM), and rerunning the same
     command resumes there."""
 
-    def __init__(self, step: int, signum: int):
+    def __init__(self, step: int, signum: int, message: str | None = None):
         import signal
 
         name = signal.Signals(signum).name
         super().__init__(
             f"stopped by {name} at step {step}: a checkpoint of that step is saved; rerun the "
             "same command to resume"
+            if message is None
+            else f"stopped by {name}: {message}"
         )
         self.step, self.signum, self.status = step, signum, 128 + signum

@@ -34,8 +34,9 @@ class StopRequest:
     """Records SIGTERM and SIGINT for the ``with`` block (the main thread only) instead of
     dying at once; ``signum`` is the first signal received (None: none)."""
 
-    def __init__(self):
+    def __init__(self, doing: str = "finishing this step, then saving a checkpoint"):
         self.signum: int | None = None
+        self.doing = doing  # what the process does before it stops (the warning says it)
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequest:
@@ -55,8 +56,8 @@ class StopRequest:
             os.kill(os.getpid(), signum)
             return
         self.signum = signum
-        log.warning("%s received: finishing this step, then saving a checkpoint (a second "
-                    "signal stops at once)", signal.Signals(signum).name)  # fmt: skip
+        log.warning("%s received: %s (a second signal stops at once)",
+                    signal.Signals(signum).name, self.doing)  # fmt: skip
 
     def requested(self, step: int | None = None) -> bool:
         """Whether to stop after ``step`` (None: at an epoch's end); on several processes the

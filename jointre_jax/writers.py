@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import pathlib
 import sys
 
@@ -37,12 +38,23 @@ def write_grouped(extractions: list[DocumentExtraction], stream) -> None:
         stream.write(json.dumps(group_criterion(criterion), ensure_ascii=False) + "\n")
 
 
-def write_csv(extractions: list[DocumentExtraction], stream) -> None:
-    columns = ["kind", "doc_id", "nct_id", "section", "line", "criterion_start", "criterion_end",
+CSV_COLUMNS = ["kind", "doc_id", "nct_id", "section", "line", "criterion_start", "criterion_end",
                "id", "type", "start", "end", "text", "head", "tail", "score",
                "fragments"]  # fmt: skip
+
+
+def write_csv(extractions: list[DocumentExtraction], stream) -> None:
+    write_csv_header(stream)
+    write_csv_rows(extractions, stream)
+
+
+def write_csv_header(stream) -> None:
+    csv.writer(stream).writerow(CSV_COLUMNS)
+
+
+def write_csv_rows(extractions: list[DocumentExtraction], stream) -> None:
+    """The CSV rows of ``extractions`` without the header (a chunk of a streamed output)."""
     writer = csv.writer(stream)
-    writer.writerow(columns)
     for c in iter_records(extractions):
         where = [c.doc_id, c.nct_id, c.section, c.line, c.start, c.end]
         for e in c.entities:
@@ -98,14 +110,27 @@ def by_section(extraction: DocumentExtraction) -> list[DocumentExtraction]:
     return parts
 
 
+def stdout_stream():
+    """Standard output as a UTF-8 text stream that leaves it open (``detach()`` when done)."""
+    return io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+
+
 def write_to(target: str, write) -> None:
     """``write(stream)`` into ``target``: standard output for ``-``, else the file (whose
-    folder :func:`jointre_jax.cli.prepare_output` made before the work)."""
+    folder :func:`jointre_jax.cli.prepare_output` made before the work), written beside as
+    ``.NAME.part`` and renamed into place once whole: a failed write (a full disk) never
+    leaves a truncated file where the output should be."""
     if target == "-":
-        stream = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+        stream = stdout_stream()
         write(stream)
         stream.flush()
         stream.detach()  # standard output stays open
         return
-    with open(target, "w", encoding="utf-8", newline="") as stream:
-        write(stream)
+    path = pathlib.Path(target)
+    part = path.with_name(f".{path.name}.part")
+    try:
+        with open(part, "w", encoding="utf-8", newline="") as stream:
+            write(stream)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)

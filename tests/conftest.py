@@ -164,3 +164,17 @@ def override_flags(config) -> list[str]:
     return [f"--config.{k}={v}" for k, v in flat.items()] + [
         "--config.data.bucket_boundaries=(32,)"
     ]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on 127.0.0.1 (tests/postgres_server.py); skips saying why
+    where none can start."""
+    from tests import postgres_server as server_lib
+
+    try:
+        server = server_lib.start()
+    except server_lib.Unavailable as why:
+        pytest.skip(f"no PostgreSQL server: {why}")
+    yield server
+    server.stop()

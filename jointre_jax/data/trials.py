@@ -1,6 +1,7 @@
 """ClinicalTrials.gov records in: study records and AACT rows to criteria with their sections.
 
-Readers (:func:`read_records`, format detected from the content or given):
+Readers (:func:`iter_entries` streams, :func:`read_records` collects; format detected from the
+content or given):
 
 * ``ctgov``: ClinicalTrials.gov API v2 study records: one study JSON, the API's search page
   ``{"studies": [...]}``, JSON lines (one study a line), or a folder of such files. The
@@ -35,12 +36,11 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import io
 import json
 import pathlib
 import re
 
-from jointre_jax.data.brat import read_text
+from jointre_jax.data.brat import BratFormatError, read_text
 from jointre_jax.data.encode import split_lines
 from jointre_jax.errors import UserError
 
@@ -78,6 +78,16 @@ class CriterionSpan:
     start: int
     end: int
     line: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+    """A record that cannot be used (``lenient``): where it is, why (``reason``, a counter
+    key such as ``empty_criteria``) and a message."""
+
+    source: str
+    reason: str
+    message: str
 
 
 @dataclasses.dataclass
@@ -192,7 +202,23 @@ def detect_format(path: pathlib.Path) -> str:
 
 
 def read_records(source: str | pathlib.Path, fmt: str = "auto", lenient: bool = False):
-    """The records of ``source`` (file or folder) as a :class:`ReadResult`."""
+    """The records of ``source`` (file or folder) as a :class:`ReadResult` (all in memory:
+    :func:`iter_entries` streams them)."""
+    result = ReadResult()
+    for entry in iter_entries(source, fmt, lenient):
+        if isinstance(entry, Skip):
+            result.skipped[entry.reason] += 1
+            result.messages.append(f"{entry.source}: {entry.message}")
+        else:
+            result.records.append(entry)
+    return result
+
+
+def iter_entries(source: str | pathlib.Path, fmt: str = "auto", lenient: bool = False):
+    """Every record of ``source`` (file or folder), in order, streamed: a :class:`TrialRecord`,
+    or with ``lenient`` a :class:`Skip` for a bad one (without: a UserError naming its file
+    and line). JSON lines and AACT files are read a line at a time; a folder a file at a
+    time; only a one-document JSON file (a study, a search page) is read whole."""
     path = pathlib.Path(source)
     if not path.exists():
         raise UserError(f"--input={source}: not found")
@@ -200,25 +226,42 @@ def read_records(source: str | pathlib.Path, fmt: str = "auto", lenient: bool = 
         fmt = detect_format(path)
     if fmt not in ("ctgov", "aact"):
         raise UserError(f"{source}: not ClinicalTrials.gov records (format {fmt!r})")
-    result, seen = ReadResult(), {}
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
     if not files:
         raise UserError(f"--input={source}: no .json files in this folder")
-    for file in files:
-        entries = _json_entries(file) if fmt == "ctgov" else _aact_entries(file)
-        for where, nct_id, criteria, problem in entries:
-            if problem is None and nct_id in seen:
-                problem = ("duplicate_nct_id", f"{nct_id} already read at {seen[nct_id]}")
-            if problem is not None:
-                reason, message = problem
-                if not lenient:
-                    raise UserError(f"{where}: {message} (--lenient skips and counts such records)")
-                result.skipped[reason] += 1
-                result.messages.append(f"{where}: {message}")
-                continue
-            seen[nct_id] = where
-            result.records.append(TrialRecord(nct_id, criteria, where))
-    return result
+    read = _json_entries if fmt == "ctgov" else _aact_entries
+    yield from checked((entry for file in files for entry in read(file)), lenient)
+
+
+def checked(entries, lenient: bool):
+    """:class:`TrialRecord` or :class:`Skip` of each raw (where, nct_id, criteria, problem)
+    entry of a reader; an NCT id seen before is a ``duplicate_nct_id``. Without ``lenient``
+    the first problem raises a UserError naming where it is."""
+    seen: dict[str, str] = {}
+    for where, nct_id, criteria, problem in entries:
+        if problem is None and nct_id in seen:
+            problem = ("duplicate_nct_id", f"{nct_id} already read at {seen[nct_id]}")
+        if problem is not None:
+            reason, message = problem
+            if not lenient:
+                raise UserError(f"{where}: {message} (--lenient skips and counts such records)")
+            yield Skip(where, reason, message)
+            continue
+        seen[nct_id] = where
+        yield TrialRecord(nct_id, criteria, where)
+
+
+def count_entries(source: str | pathlib.Path, fmt: str = "auto") -> int | None:
+    """How many entries :func:`iter_entries` will give (good and bad), cheaply: the non-blank
+    lines of a JSON-lines file; None where only a full read would tell (the progress bar then
+    shows no ETA)."""
+    path = pathlib.Path(source)
+    if path.is_dir() or (fmt if fmt != "auto" else detect_format(path)) != "ctgov":
+        return None
+    if not _is_json_lines(path):
+        return None
+    with open(path, "rb") as f:
+        return sum(1 for raw in f if raw.strip())
 
 
 def _study_fields(study):
@@ -243,25 +286,33 @@ def _study_fields(study):
     return nct_id, criteria, None
 
 
+def _is_json_lines(file: pathlib.Path) -> bool:
+    """True when ``file``'s first non-blank line is a whole JSON object and another
+    non-blank line follows it: JSON lines, read a line at a time."""
+    with open(file, "rb") as f:
+        lines = (raw for raw in f if raw.strip())
+        first = next(lines, None)
+        try:
+            whole = isinstance(json.loads(first), dict) if first is not None else False
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return False
+        return whole and next(lines, None) is not None
+
+
 def _json_entries(file: pathlib.Path):
     """(where, nct_id, criteria, problem) of every study of a v2 JSON or JSON-lines file."""
+    if _is_json_lines(file):
+        yield from _json_line_entries(file)
+        return
     text = read_text(file)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as whole_error:
-        lines = [(n, x) for n, x in enumerate(text.splitlines(), start=1) if x.strip()]
-        if len(lines) < 2:  # one broken object: not JSON lines either
+        if sum(1 for x in text.splitlines() if x.strip()) < 2:  # one broken object
             line = whole_error.lineno
             yield f"{file}:{line}", "", "", ("not_json", f"not JSON ({whole_error.msg})")
             return
-        for number, line in lines:  # JSON lines
-            where = f"{file}:{number}"
-            try:
-                study = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield where, "", "", ("not_json", f"not JSON ({err.msg})")
-                continue
-            yield (where, *_study_fields(study))
+        yield from _json_line_entries(file)  # JSON lines whose first line is broken
         return
     if isinstance(data, dict) and "studies" in data and "protocolSection" not in data:
         studies = data["studies"] if isinstance(data["studies"], list) else []  # search page
@@ -274,10 +325,41 @@ def _json_entries(file: pathlib.Path):
         yield (f"{file}: study {number}", *_study_fields(study))
 
 
+def _json_line_entries(file: pathlib.Path):
+    """(where, nct_id, criteria, problem) of each non-blank line of a JSON-lines file."""
+    with open(file, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            where = f"{file}:{number}"
+            try:
+                study = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                yield where, "", "", ("not_utf8", f"not valid UTF-8 (byte {err.start} of the line)")
+                continue
+            except json.JSONDecodeError as err:
+                yield where, "", "", ("not_json", f"not JSON ({err.msg})")
+                continue
+            yield (where, *_study_fields(study))
+
+
+def _decoded_lines(file: pathlib.Path):
+    """The lines of ``file``, decoded; a line that is not UTF-8 raises BratFormatError with
+    the file and line."""
+    with open(file, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise BratFormatError(
+                    file, number, f"not valid UTF-8 (byte 0x{raw[err.start]:02x})"
+                ) from None
+
+
 def _aact_entries(file: pathlib.Path):
-    """(where, nct_id, criteria, problem) of every row of AACT's ``eligibilities.txt``."""
-    text = read_text(file)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="|", quotechar='"')
+    """(where, nct_id, criteria, problem) of every row of AACT's ``eligibilities.txt``,
+    streamed."""
+    reader = csv.reader(_decoded_lines(file), delimiter="|", quotechar='"')
     header = [h.strip().lower() for h in next(reader, [])]
     if "nct_id" not in header or "criteria" not in header:
         raise UserError(f"{file}:1: AACT header needs the columns nct_id and criteria")

@@ -20,6 +20,7 @@ PROGRAMS = {
     "train": ("jointre_jax.main", "train and evaluate a model (a config and a workdir)"),
     "evaluate": ("jointre_jax.tools.evaluate", "score a trained run on a BRAT folder"),
     "extract": ("jointre_jax.tools.extract", "extract entities and relations from criteria"),
+    "merge": ("jointre_jax.tools.merge", "join the DuckDB files of a sharded extraction"),
     "vote": ("jointre_jax.tools.vote", "majority vote of saved extractions, scored"),
     "report": ("jointre_jax.tools.report", "the data report of a config's corpus"),
     "demo": ("jointre_jax.tools.demo", "train briefly and show extractions (make demo)"),

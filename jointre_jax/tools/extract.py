@@ -1,8 +1,11 @@
-"""Extract entities and relations from criteria with a trained run.
+"""Extract entities and relations from criteria with a trained run, streamed into a store.
 
-    jointre extract --workdir=DIR --input=PATH|- --output=PATH|- \
-        [--format=jsonl|brat|csv|html] [--input_format=auto|text|ctgov|aact] [--lenient] \
+    jointre extract --workdir=DIR --input=PATH|-|postgresql://...
+        --output=FILE.duckdb|postgresql://...|PATH|- [--format=jsonl|brat|csv|html]
+        [--input_format=auto|text|ctgov|aact] [--lenient]
         [--grouped=FILE] [--split_file=F] [--ensemble=DIR2,DIR3]
+        [--shard=I/N] [--chunk_records=256] [--input_table=ctgov.eligibilities]
+        [--db_schema=jointre]
 
 Input (``--input_format``, detected from the content by default):
 
@@ -11,13 +14,17 @@ Input (``--input_format``, detected from the content by default):
   split), or ``-`` for standard input;
 * ClinicalTrials.gov records (:mod:`jointre_jax.data.trials`): API v2 study JSON (one study, the
   search page ``{"studies": [...]}``, JSON lines, or a folder of ``.json`` files), or AACT's
-  ``eligibilities.txt``. Each record's criteria text is split into criteria, each with its
-  ``nct_id``, ``section`` (inclusion, exclusion, none) and ``start``/``end`` offsets in the
-  record's criteria string. A bad record stops with the file and record, or with
-  ``--lenient`` is skipped and counted in the summary.
+  ``eligibilities.txt``, read as a stream. Each record's criteria text is split into criteria,
+  each with its ``nct_id``, ``section`` (inclusion, exclusion, none) and ``start``/``end``
+  offsets in the record's criteria string. A bad record stops with the file and record, or
+  with ``--lenient`` is skipped and counted (in the summary, and in a database's ``skipped``);
+* ``postgresql://...``: AACT's ``ctgov.eligibilities`` (``nct_id``, ``criteria``;
+  ``--input_table``), read in ``nct_id`` order through a server-side cursor.
 
 Input must be UTF-8; anything else stops with the file and line of the first bad byte. Output:
 
+* ``FILE.duckdb`` (DuckDB) or ``postgresql://...`` (tables in ``--db_schema``): the store's
+  schema (:mod:`jointre_jax.store.schema`), a chunk per transaction;
 * ``jsonl``: one JSON object per criterion (``doc_id``, ``nct_id``, ``section``, ``line``,
   ``start``, ``end``, ``text``, ``entities`` [id, type, start, end, text], ``relations``
   [type, head, tail, score], ``windows``), offsets into the input document (for a record,
@@ -28,11 +35,16 @@ Input must be UTF-8; anything else stops with the file and line of the first bad
   criterion a line;
 * ``csv``: one row per entity and per relation (``kind`` column), with the criterion's
   ``nct_id``, ``section`` and offsets;
-* ``html``: one self-contained page to review the extraction (:mod:`jointre_jax.review_page`).
+* ``html``: one self-contained page to review the extraction (:mod:`jointre_jax.review_page`;
+  made whole at the end, so for small inputs).
 
-``--grouped=FILE`` also writes the grouped view (``jointre_jax.grouping``), one JSON object per
-criterion. A summary (records and skips, documents, criteria, blank lines, windowed lines,
-entities, relations, criteria/s) goes to standard error.
+Records are read, extracted and written ``--chunk_records`` at a time
+(:mod:`jointre_jax.streaming`); rerunning the same command after a kill, a full disk or a lost
+node goes on after the last committed chunk, and an output made by another model, config or
+input is refused by name. ``--shard=I/N``: this process does chunks I, I+N, ... (0-based); a
+database is shared by the shards of PostgreSQL, while files and DuckDB get one per shard
+(``out.shard-I-of-N.duckdb``; ``jointre merge`` joins DuckDB's). ``--grouped=FILE`` also
+writes the grouped view (``jointre_jax.grouping``). A summary goes to standard error.
 """
 
 from __future__ import annotations
@@ -40,18 +52,18 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
-import time
 
 from absl import app, flags
 from absl import logging as absl_logging
 
-from jointre_jax import cli, review_page
+from jointre_jax import cli, review_page, store, streaming
 from jointre_jax.data import trials
 from jointre_jax.data.encode import split_lines
 from jointre_jax.data.inputs import read_inputs
 from jointre_jax.errors import UserError
-from jointre_jax.extraction import Extractor, extract_trials, iter_records
-from jointre_jax.writers import write_brat, write_csv, write_grouped, write_jsonl, write_to
+from jointre_jax.extraction import Extractor
+from jointre_jax.store import postgres
+from jointre_jax.writers import write_to
 
 FLAGS = flags.FLAGS
 
@@ -60,14 +72,23 @@ def _define_flags() -> None:
     """Command-line flags, defined only when run as a program (imports never clash)."""
     flags.DEFINE_string("workdir", None, "Training run directory (best checkpoint).")
     cli.define_ensemble_flag()
-    flags.DEFINE_string("input", None, "Text file, folder of .txt files, or - (stdin).")
+    flags.DEFINE_string(
+        "input", None,
+        "Text file, folder of .txt files, - (stdin), ClinicalTrials.gov records (JSON, JSON "
+        "lines, folder, AACT eligibilities.txt) or postgresql://... (AACT's table).",
+    )  # fmt: skip
     flags.DEFINE_string(
         "split_file", None,
         "With a folder --input: only the documents it lists (id prefixes, one a line; "
         "a corpus split, as in evaluate).",
     )  # fmt: skip
-    flags.DEFINE_string("output", None, "Output file (jsonl, csv; - = stdout) or folder.")
-    flags.DEFINE_enum("format", "jsonl", ["jsonl", "brat", "csv", "html"], "Output format.")
+    flags.DEFINE_string(
+        "output", None,
+        "FILE.duckdb, postgresql://..., a file (jsonl, csv, html; - = stdout) or a folder "
+        "(brat).",
+    )  # fmt: skip
+    flags.DEFINE_enum("format", "jsonl", ["jsonl", "brat", "csv", "html"],
+                      "Output format of a file or folder --output.")  # fmt: skip
     flags.DEFINE_enum(
         "input_format", "auto", list(trials.FORMATS),
         "auto: detected from the content; text: one criterion a line; ctgov: "
@@ -77,70 +98,143 @@ def _define_flags() -> None:
     flags.DEFINE_bool("lenient", False, "Skip (and count) bad records instead of stopping.")
     flags.DEFINE_string("grouped", None, "Also write the grouped view (JSON lines).")
     flags.DEFINE_integer("num_devices", None, "Devices to use (default: the run's).")
+    flags.DEFINE_string("shard", "0/1", "I/N: this process does chunks I, I+N, ... (0-based).")
+    flags.DEFINE_integer("chunk_records", 256, "Records per chunk (the unit of resuming).",
+                         lower_bound=1)  # fmt: skip
+    flags.DEFINE_string("input_table", postgres.DEFAULT_TABLE,
+                        "The table of a postgresql:// --input (nct_id, criteria).")  # fmt: skip
+    flags.DEFINE_string("db_schema", "jointre",
+                        "The schema of a postgresql:// --output's tables.")  # fmt: skip
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        shard, num_shards = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise UserError(f"--shard={value}: give I/N, such as 0/4") from None
+    if not 0 <= shard < num_shards:
+        raise UserError(f"--shard={value}: I must be at least 0 and below N")
+    return shard, num_shards
+
+
+class _Collected:
+    """The store of the review page: the extractions kept in memory, written at the end."""
+
+    name = "html"
+
+    def __init__(self):
+        self.extractions = []
+
+    def committed(self):
+        return {}
+
+    def write(self, chunk, extractions, shard, num_shards):
+        self.extractions.extend(extractions)
+        rows = store.schema.rows(extractions, chunk.index)
+        return {t: len(rows[t]) for t in ("criteria", "entities", "relations")}
+
+    def finish(self, *_):
+        pass
+
+    def close(self):
+        pass
+
+
+def _entries():
+    """(entries, total or None, input name, blank lines) of ``--input``; bad paths, formats,
+    servers and tables stop here, before any work."""
+    source = FLAGS.input
+    if postgres.is_url(source):
+        table = postgres.Eligibilities(source, FLAGS.input_table)
+        return table.entries(FLAGS.lenient), table.count(), table.name, 0
+    fmt = FLAGS.input_format
+    if fmt == "auto" and source != "-" and os.path.exists(source):
+        fmt = trials.detect_format(pathlib.Path(source))
+    if fmt in ("ctgov", "aact"):
+        if FLAGS.split_file:
+            raise UserError("--split_file selects .txt documents, not trial records")
+        # One pass before any work counts the records (the progress bar's ETA) and, without
+        # --lenient, finds a bad record now rather than hours into the job; a JSON-lines
+        # file is counted by its lines. The records are then streamed again.
+        total = trials.count_entries(source, fmt) if FLAGS.lenient else None
+        if total is None:
+            total = sum(1 for _ in trials.iter_entries(source, fmt, FLAGS.lenient))
+        if not total:
+            raise UserError(f"--input={source}: no records")
+        name = str(pathlib.Path(source).resolve())
+        return trials.iter_entries(source, fmt, FLAGS.lenient), total, name, 0
+    doc_ids, texts = read_inputs(source, FLAGS.split_file)
+    blank = sum(not t[a:b].strip() for t in texts for _, a, b in split_lines(t) if a < len(t))
+    name = "stdin" if source == "-" else str(pathlib.Path(source).resolve())
+    if FLAGS.split_file:
+        name += f" split {pathlib.Path(FLAGS.split_file).resolve()}"
+    documents = [streaming.TextDocument(d, t) for d, t in zip(doc_ids, texts, strict=True)]
+    return documents, len(documents), name, blank
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)
-    if FLAGS.format == "brat" and FLAGS.output == "-":
+    shard, num_shards = _shard(FLAGS.shard)
+    kind = store.output_kind(FLAGS.output, FLAGS.format)
+    if kind == "brat" and FLAGS.output == "-":
         raise UserError("--format=brat needs an output folder, not -")
-    cli.prepare_output(FLAGS.output, "output", folder=FLAGS.format == "brat")
-    if FLAGS.grouped:
-        cli.prepare_output(FLAGS.grouped, "grouped")
-    fmt = FLAGS.input_format
-    if fmt == "auto" and FLAGS.input != "-":
-        fmt = (
-            trials.detect_format(pathlib.Path(FLAGS.input)) if os.path.exists(FLAGS.input) else fmt
-        )
-    records = None
-    if fmt in ("ctgov", "aact"):
-        if FLAGS.split_file:
-            raise UserError("--split_file selects .txt documents, not trial records")
-        read = trials.read_records(FLAGS.input, fmt, FLAGS.lenient)
-        records = read.records
-        if not records:
-            raise UserError(f"--input={FLAGS.input}: no usable records")
-    else:
-        doc_ids, texts = read_inputs(FLAGS.input, FLAGS.split_file)
+    if kind == "html" and num_shards > 1:
+        raise UserError("--format=html is one page of the whole input: no --shard")
+    if kind in ("duckdb", "postgresql") and FLAGS.grouped:
+        raise UserError("--grouped is a file output; a database holds every row already")
+    output = FLAGS.output if kind == "postgresql" else store.shard_path(FLAGS.output, shard,
+                                                                        num_shards)  # fmt: skip
+    grouped = FLAGS.grouped and store.shard_path(FLAGS.grouped, shard, num_shards)
+    if kind != "postgresql":
+        cli.prepare_output(output, "output", folder=kind == "brat")
+    if grouped:
+        cli.prepare_output(grouped, "grouped")
+    entries, total, input_name, blank = _entries()
+    open_target = lambda: store.open_store(output, FLAGS.format, grouped, FLAGS.db_schema)  # noqa: E731
+    # A server is checked before the model loads; a file is made only once the model has.
+    target = open_target() if kind == "postgresql" else None
     extractor = Extractor.from_workdir(FLAGS.workdir, FLAGS.num_devices, FLAGS.ensemble)
-    started = time.perf_counter()
-    if records is not None:
-        extractions = extract_trials(extractor, records, progress=True)
-        texts = [r.criteria for r in records]
-    else:
-        extractions = extractor.extract(texts, doc_ids, progress=True)
-    seconds = time.perf_counter() - started
-    if FLAGS.format == "brat":
-        write_brat(extractions, pathlib.Path(FLAGS.output))
-    elif FLAGS.format == "html":
+    if target is None:
+        target = _Collected() if kind == "html" else open_target()
+    model = ",".join(str(pathlib.Path(d).resolve()) for d in [FLAGS.workdir, *FLAGS.ensemble])
+    identity = streaming.run_identity(extractor, model, input_name, FLAGS.chunk_records,
+                                      FLAGS.lenient)  # fmt: skip
+    with store.writing(target):
+        if kind != "html":
+            target.open(identity)
+        if kind == "postgresql":
+            target.hold_shard(identity.key, shard, num_shards)
+        summary = streaming.extract_into(
+            extractor, entries, target, chunk_records=FLAGS.chunk_records, shard=shard,
+            num_shards=num_shards, total=total,
+        )  # fmt: skip
+        totals = target.totals() if kind in ("duckdb", "postgresql") else None
+    if kind == "html":
         info = review_page.run_info(extractor, FLAGS.workdir, FLAGS.ensemble)
-        page = review_page.render(extractions, info)
-        write_to(FLAGS.output, lambda stream: stream.write(page))
-    else:
-        writer = write_jsonl if FLAGS.format == "jsonl" else write_csv
-        write_to(FLAGS.output, lambda stream: writer(extractions, stream))
-    if FLAGS.grouped:
-        write_to(FLAGS.grouped, lambda stream: write_grouped(extractions, stream))
-    criteria = list(iter_records(extractions))
-    blank = (
-        0
-        if records is not None
-        else sum(not t[a:b].strip() for t in texts for _, a, b in split_lines(t) if a < len(t))
-    )
-    if records is not None:
-        skipped = ", ".join(f"{k} {v}" for k, v in read.skipped.items()) or "none"
-        print(f"extract: {len(records)} trial records read; skipped: {skipped}", file=sys.stderr)
-        for message in read.messages[:20]:
-            print(f"extract:   {message}", file=sys.stderr)
-    print(
-        f"extract: {len(extractions)} documents, {len(criteria)} criteria "
-        f"({sum(c.windows > 1 for c in criteria)} longer than the model's maximum length, "
-        f"windowed), {blank} blank lines skipped; {sum(len(c.entities) for c in criteria)} "
-        f"entities, {sum(len(c.relations) for c in criteria)} relations; "
-        f"{len(criteria) / max(seconds, 1e-9):.1f} criteria/s",
-        file=sys.stderr,
-    )
+        page = review_page.render(target.extractions, info)
+        write_to(output, lambda stream: stream.write(page))
+    records = not isinstance(entries, list)  # text inputs are a list of documents
+    _report(summary, totals, blank, output if kind != "postgresql" else target.name, records)
+
+
+def _report(summary, totals, blank: int, output: str, records: bool) -> None:
+    say = lambda line: print(f"extract: {line}", file=sys.stderr)  # noqa: E731
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary.skipped.items())) or "none"
+    resumed = f" ({summary.resumed} chunks were already committed)" if summary.resumed else ""
+    what = "trial records" if records else "documents"
+    say(f"{summary.records} {what} read; skipped: {skipped}{resumed}")
+    for message in summary.messages[:20]:
+        say(f"  {message}")
+    say(f"{summary.criteria} criteria ({summary.windowed} longer than the model's maximum "
+        f"length, windowed), {blank} blank lines skipped; {summary.entities} entities, "
+        f"{summary.relations} relations; {summary.criteria / max(summary.seconds, 1e-9):.1f} "
+        "criteria/s")  # fmt: skip
+    if totals is not None:
+        say(f"{output} holds {totals.chunks} chunks: {totals.records} records, "
+            f"{totals.skipped} skipped, {totals.criteria} criteria, {totals.entities} entities, "
+            f"{totals.relations} relations")  # fmt: skip
 
 
 if __name__ == "__main__":
