@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # why); elsewhere prefer the CPU wheel index (see benchmarks/README.md) over PyPI's CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv test lint format demo report bench bench-extract bench-store table4 browser postgres clean
+.PHONY: venv test lint format demo report bench bench-extract bench-store bench-export bench-serve table4 browser postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,18 @@ bench: $(STAMP)
 bench-extract: $(STAMP)
 	@test -n "$(RUN)" || { echo "usage: make bench-extract RUN=DIR (a trained run's workdir)"; exit 2; }
 	$(PY) -m benchmarks.extraction --workdir=$(RUN) --json=benchmarks/results/cpu_extraction.json
+
+# Model folders of a trained run in float32, bfloat16 and float16 (sizes, agreement, Chia test
+# scores; about 6 minutes on 2 cores): make bench-export RUN=DIR
+bench-export: $(STAMP)
+	@test -n "$(RUN)" || { echo "usage: make bench-export RUN=DIR (a trained run's workdir)"; exit 2; }
+	$(PY) -m benchmarks.export --workdir=$(RUN) --json=benchmarks/results/cpu_export.json
+
+# The service under 16 clients for 60 s on loopback, and extract on the same criteria:
+# make bench-serve MODEL=DIR (a model folder of jointre export)
+bench-serve: $(STAMP)
+	@test -n "$(MODEL)" || { echo "usage: make bench-serve MODEL=DIR (a model folder)"; exit 2; }
+	$(PY) -m benchmarks.serve_load --model=$(MODEL) --json=benchmarks/results/cpu_serve.json
 
 # Streaming extraction into DuckDB, end to end: 1 process, 2 shards, 10x the records (about
 # 12 minutes on 2 cores): make bench-store RUN=DIR

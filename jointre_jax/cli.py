@@ -199,9 +199,33 @@ def _program() -> str:
 
 
 def define_ensemble_flag() -> None:
-    """``--ensemble``, the run folders that join ``--workdir``'s (evaluate, extract)."""
+    """``--ensemble``, the runs or model folders that join the model's (evaluate, extract)."""
     flags.DEFINE_list(
         "ensemble", [],
-        "More runs of --workdir's config (other seeds), comma-separated: predict with the "
-        "ensemble of them all (mean probabilities); --workdir's config decides the rest.",
+        "More models of the model's config (other seeds' runs, model folders or hub ids), "
+        "comma-separated: predict with the ensemble of them all (mean probabilities); the "
+        "first model's config decides the rest.",
     )  # fmt: skip
+
+
+def define_model_flags() -> None:
+    """``--workdir`` (a training run) and ``--model`` (a model folder or hub id), of which a
+    program that loads a trained model takes one (:func:`model_flag`), and ``--ensemble``."""
+    flags.DEFINE_string("workdir", None, "Training run folder (its best checkpoint).")
+    flags.DEFINE_string(
+        "model", None,
+        "Model folder (jointre export) or its hub id (ORG/NAME; from the cache when "
+        "HF_HUB_OFFLINE=1); instead of --workdir.",
+    )  # fmt: skip
+    define_ensemble_flag()
+
+
+def model_flag() -> str:
+    """The model of ``--workdir`` or ``--model``; UserError unless exactly one is given."""
+    given = [v for v in (FLAGS.workdir, FLAGS.model) if v]
+    if len(given) != 1:
+        raise UserError(
+            "give the model as --model=DIR|HUB_ID (a model folder) or --workdir=RUN (a "
+            "training run)" + (", not both" if given else "")
+        )
+    return given[0]

@@ -1,4 +1,4 @@
-"""From raw criteria text to entities and relations: ``Extractor.from_workdir(DIR).extract(texts)``.
+"""From raw criteria text to entities and relations: ``Extractor.load(MODEL).extract(texts)``.
 
 A text is one document: every non-blank line is a criterion (``\\n``, ``\\r\\n`` or ``\\r``
 breaks; blank lines give nothing). A line longer than the model's maximum length is cut into
@@ -123,10 +123,13 @@ class Extractor:
         self.schema = encoder.schema
 
     @classmethod
-    def from_workdir(cls, workdir: str | pathlib.Path, num_devices: int | None = None, members=()):
-        """The best checkpoint of the training run in ``workdir`` (with ``members``, more
-        runs of its config: their ensemble, see :func:`jointre_jax.inference.load_run`)."""
-        return cls(*inference.load_run(workdir, num_devices, None, tuple(members)))
+    def load(cls, model: str | pathlib.Path, num_devices: int | None = None, members=()):
+        """The model ``model`` names: a model folder (``jointre export``), its hub id, or a
+        training run's folder (its best checkpoint). With ``members``, more models of its
+        config: their ensemble (see :func:`jointre_jax.inference.load_run`)."""
+        return cls(*inference.load_run(model, num_devices, None, tuple(members)))
+
+    from_workdir = load  # the name of the days when only run folders loaded
 
     def extract(
         self, texts: str | Sequence[str], doc_ids: Sequence[str] | None = None, progress=False

@@ -1,14 +1,20 @@
-"""Loading a trained run and scoring it on a BRAT folder (library side of ``evaluate``)."""
+"""Loading a trained model and scoring it on a BRAT folder (library side of ``evaluate``).
+
+A model is named by a run folder (``--workdir``: its config.json and best checkpoint), a model
+folder (``--model``, :mod:`jointre_jax.model_folder`) or the hub id of a model folder;
+:func:`load_run` takes any of them, and an ensemble may mix them.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import ml_collections
 
 from configs import default
-from jointre_jax import runtime, validation
+from jointre_jax import model_folder, runtime, validation
 from jointre_jax import state as state_lib
 from jointre_jax.checkpoints import restore_run_params
 from jointre_jax.data.corpus import (
@@ -24,14 +30,16 @@ from jointre_jax.errors import UserError
 from jointre_jax.evaluation import CorpusGold, evaluate
 from jointre_jax.labels import SCHEME_FIELDS
 from jointre_jax.model.joint import ModelOptions
+from jointre_jax.model.pretrained import looks_like_path
 from jointre_jax.predictor import Predictor
 
 
-def saved_config(path: pathlib.Path) -> ml_collections.ConfigDict:
-    """The config a run saved in ``path`` (config.json), laid over today's defaults so that
-    runs saved before a field existed still load with that field's default."""
+def saved_config(path: pathlib.Path, saved: dict | None = None) -> ml_collections.ConfigDict:
+    """The config a run saved in ``path`` (config.json; or the dict ``saved``), laid over
+    today's defaults so that runs saved before a field existed still load with that field's
+    default."""
     config = default.get_config()
-    saved = json.loads(path.read_text())
+    saved = json.loads(path.read_text()) if saved is None else saved
     if "packing" not in saved.get("data", {}):  # trained before packing: buckets, as it was
         saved.setdefault("data", {})["packing"] = False
     _overlay(config, saved)
@@ -70,16 +78,58 @@ def ensemble_fields() -> dict[str, tuple[str, ...]]:
     }
 
 
+class Source:
+    """Where a model's config and parameters come from: a run folder (``header`` None) or a
+    model folder (its header), local or downloaded from the hub."""
+
+    def __init__(self, name: str):
+        self.name = str(name)
+        path = pathlib.Path(os.path.expanduser(self.name))
+        if not path.is_dir() and not looks_like_path(self.name):
+            path = model_folder.download(self.name)  # a hub id
+        self.path = path
+        self.header = model_folder.read_header(path) if model_folder.is_model_folder(path) else None
+        if self.header is None:
+            self.config = _run_config(path)
+        else:
+            self.config = saved_config(path, self.header["config"])
+            with self.config.unlocked():  # its encoder's tokenizer and architecture travel
+                self.config.model.encoder = str(path / model_folder.ENCODER)
+
+    def params(self, template):
+        """Its parameters onto ``template`` (:func:`jointre_jax.state.create_params`)."""
+        if self.header is not None:
+            return model_folder.read_params(self.path, self.header, template)
+        return restore_run_params(self.path, template, state_lib.eval_field(self.config))[0]
+
+    def metrics(self) -> dict | None:
+        """Its test scores (metrics.json), None when it has none."""
+        path = self.path / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
     config_path = workdir / "config.json"
     if not workdir.is_dir():
-        raise UserError(f"run folder {workdir} not found: give --workdir of a trained run")
+        raise UserError(
+            f"run or model folder {workdir} not found: give --workdir of a trained run or "
+            "--model of a model folder or hub id"
+        )
     if not config_path.exists():
         raise UserError(
             f"{workdir} is not a run: it has no config.json (the --workdir of "
             "python -m jointre_jax.main holds one)"
         )
-    return saved_config(config_path)
+    try:
+        saved = json.loads(config_path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{config_path} cannot be read as JSON ({err})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise UserError(
+            f"{workdir} is not a run or a model folder: its config.json is not jointre_jax's "
+            "(an encoder folder? give a trained run, or a folder of jointre export)"
+        )
+    return saved_config(config_path, saved)
 
 
 def check_member(config, member, workdir, member_dir) -> None:
@@ -101,19 +151,20 @@ def load_run(
     overrides: dict | None = None,
     members: tuple = (),
 ):
-    """(config, predictor, encoder) of a trained run, its best parameters restored.
+    """(config, predictor, encoder) of a trained model, its best parameters restored.
 
-    Only the parameters are restored (no optimiser state), onto a mesh of ``num_devices``
+    ``workdir``: a run folder, a model folder or a model's hub id (:class:`Source`). Only the
+    parameters are restored (no optimiser state), onto a mesh of ``num_devices``
     devices (None: as the run's config says; 0: all), whatever mesh the run was trained on.
     FSDP is turned off here: inference keeps the parameters replicated. ``overrides``
     ({"model.decision_threshold": 0.4}) change decoding options of the saved config.
 
-    ``members``: more run folders of the same config (other seeds, :func:`check_member`);
+    ``members``: more runs or model folders of the same config (other seeds, :func:`check_member`);
     the predictor is then the ensemble of all of them (mean probabilities,
     :func:`jointre_jax.steps.predict_step`); ``workdir``'s config decides everything else.
     """
-    workdir = pathlib.Path(workdir)
-    config = _run_config(workdir)
+    source = Source(workdir)
+    config = source.config
     apply_overrides(config, overrides or {})
     validation.validate(config)
     # This user's cache (configs/default.py), not the folder of the machine that trained.
@@ -126,12 +177,12 @@ def load_run(
     model = runtime.create_model(config, encoder.scheme, encoder.schema.num_relation_labels, bert)
     mesh = runtime.make_mesh(config)
     template = state_lib.create_params(config, model, None, mesh)  # the checkpoint holds them all
-    params, _ = restore_run_params(workdir, template, state_lib.eval_field(config))
+    params = source.params(template)
     restored = [params]
-    for member_dir in map(pathlib.Path, members):
-        member = _run_config(member_dir)
-        check_member(config, member, workdir, member_dir)
-        restored.append(restore_run_params(member_dir, template, state_lib.eval_field(member))[0])
+    for name in members:
+        member = Source(name)
+        check_member(config, member.config, workdir, name)
+        restored.append(member.params(template))
     params = tuple(restored) if members else params
     return config, Predictor(config, model, params), encoder
 

@@ -220,4 +220,4 @@ def test_the_teach_program_writes_a_file_a_student_reads_and_names_a_bad_run(tea
     missing = tmp_path / "nothing"
     bad = [sys.executable, "-m", "jointre_jax.tools.teach", f"--workdir={missing}", f"--out={out}"]
     done = subprocess.run(bad, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 2 and f"teach: run folder {missing} not found" in done.stderr
+    assert done.returncode == 2 and f"teach: run or model folder {missing} not found" in done.stderr

@@ -264,8 +264,9 @@ def count_entries(source: str | pathlib.Path, fmt: str = "auto") -> int | None:
         return sum(1 for raw in f if raw.strip())
 
 
-def _study_fields(study):
-    """(nct_id, criteria, problem) of one v2 study object."""
+def study_fields(study):
+    """(nct_id, criteria, problem) of one v2 study object; ``problem``: None or (reason,
+    message)."""
     if not isinstance(study, dict):
         return "", "", ("not_a_study", "not a study object")
     protocol = study.get("protocolSection") or {}
@@ -319,10 +320,10 @@ def _json_entries(file: pathlib.Path):
     elif isinstance(data, list):
         studies = data
     else:  # one study
-        yield (str(file), *_study_fields(data))
+        yield (str(file), *study_fields(data))
         return
     for number, study in enumerate(studies, start=1):
-        yield (f"{file}: study {number}", *_study_fields(study))
+        yield (f"{file}: study {number}", *study_fields(study))
 
 
 def _json_line_entries(file: pathlib.Path):
@@ -340,7 +341,7 @@ def _json_line_entries(file: pathlib.Path):
             except json.JSONDecodeError as err:
                 yield where, "", "", ("not_json", f"not JSON ({err.msg})")
                 continue
-            yield (where, *_study_fields(study))
+            yield (where, *study_fields(study))
 
 
 def _decoded_lines(file: pathlib.Path):

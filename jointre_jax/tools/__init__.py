@@ -21,6 +21,8 @@ PROGRAMS = {
     "evaluate": ("jointre_jax.tools.evaluate", "score a trained run on a BRAT folder"),
     "extract": ("jointre_jax.tools.extract", "extract entities and relations from criteria"),
     "merge": ("jointre_jax.tools.merge", "join the DuckDB files of a sharded extraction"),
+    "export": ("jointre_jax.tools.export", "a trained run as a self-contained model folder"),
+    "serve": ("jointre_jax.tools.serve", "an HTTP extraction service around a model"),
     "vote": ("jointre_jax.tools.vote", "majority vote of saved extractions, scored"),
     "report": ("jointre_jax.tools.report", "the data report of a config's corpus"),
     "demo": ("jointre_jax.tools.demo", "train briefly and show extractions (make demo)"),

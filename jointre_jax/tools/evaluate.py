@@ -1,10 +1,11 @@
 """Scores a trained run on any BRAT folder, in the form of ``metrics.json``.
 
-    jointre evaluate --workdir=DIR --brat_dir=D [--split_file=F] --out=FILE \
-        [--ensemble=DIR2,DIR3]
+    jointre evaluate --model=DIR|HUB_ID|--workdir=RUN --brat_dir=D [--split_file=F] \
+        --out=FILE [--ensemble=DIR2,DIR3]
 
-The run's own config (``DIR/config.json``) gives the schema, tokenizer and model; the best
-checkpoint (``DIR/best``, else the latest) gives the parameters. Scores count against the
+The model's own config (``RUN/config.json``, or a model folder's) gives the schema, tokenizer
+and model; the best checkpoint (``RUN/best``, else the latest) or the model folder's weights
+give the parameters. Scores count against the
 corpus gold (every annotation of the kept types, the ``corpus`` block) and the encoded gold
 (what the run's label scheme can hold). ``--split_file`` restricts the
 folder to the documents it lists (id prefixes, one a line).
@@ -28,8 +29,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
     """Command-line flags, defined only when run as a program (imports never clash)."""
-    flags.DEFINE_string("workdir", None, "Run directory of a trained model.")
-    cli.define_ensemble_flag()
+    cli.define_model_flags()
     flags.DEFINE_string("brat_dir", None, "Folder of NAME.txt + NAME.ann files.")
     flags.DEFINE_string("split_file", None, "Optional list of document ids.")
     flags.DEFINE_string("out", None, "Where to write the scores (JSON).")
@@ -54,9 +54,10 @@ def main(argv):
         overrides["model.decision_threshold"] = FLAGS.decision_threshold
     if FLAGS.span_nesting is not None:
         overrides["model.span_nesting"] = FLAGS.span_nesting
+    model = cli.model_flag()
     out = cli.prepare_output(FLAGS.out, "out")  # before the work, not after
     results = evaluate_folder(
-        FLAGS.workdir, FLAGS.brat_dir, FLAGS.split_file, None, overrides, FLAGS.ensemble
+        model, FLAGS.brat_dir, FLAGS.split_file, None, overrides, FLAGS.ensemble
     )
     out.write_text(json.dumps(results, indent=1))
     encoded = {k: round(results[k]["f1"], 4) for k in ("ner", "re_gs", "re_e2e")}
@@ -96,4 +97,4 @@ def problem_lines(results: dict) -> list[str]:
 
 if __name__ == "__main__":
     _define_flags()
-    cli.run(main, "evaluate", required=("workdir", "brat_dir", "out"))
+    cli.run(main, "evaluate", required=("brat_dir", "out"))

@@ -1,6 +1,6 @@
 """Extract entities and relations from criteria with a trained run, streamed into a store.
 
-    jointre extract --workdir=DIR --input=PATH|-|postgresql://...
+    jointre extract --model=DIR|HUB_ID|--workdir=RUN --input=PATH|-|postgresql://...
         --output=FILE.duckdb|postgresql://...|PATH|- [--format=jsonl|brat|csv|html]
         [--input_format=auto|text|ctgov|aact] [--lenient]
         [--grouped=FILE] [--split_file=F] [--ensemble=DIR2,DIR3]
@@ -70,8 +70,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
     """Command-line flags, defined only when run as a program (imports never clash)."""
-    flags.DEFINE_string("workdir", None, "Training run directory (best checkpoint).")
-    cli.define_ensemble_flag()
+    cli.define_model_flags()
     flags.DEFINE_string(
         "input", None,
         "Text file, folder of .txt files, - (stdin), ClinicalTrials.gov records (JSON, JSON "
@@ -140,6 +139,12 @@ class _Collected:
         pass
 
 
+def _name(model: str) -> str:
+    """A model as the store's ``runs`` row names it: a folder resolved, a hub id as given."""
+    path = pathlib.Path(os.path.expanduser(model))
+    return str(path.resolve()) if path.exists() else model
+
+
 def _entries():
     """(entries, total or None, input name, blank lines) of ``--input``; bad paths, formats,
     servers and tables stop here, before any work."""
@@ -177,6 +182,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)
     shard, num_shards = _shard(FLAGS.shard)
+    model = cli.model_flag()
     kind = store.output_kind(FLAGS.output, FLAGS.format)
     if kind == "brat" and FLAGS.output == "-":
         raise UserError("--format=brat needs an output folder, not -")
@@ -195,11 +201,11 @@ def main(argv):
     open_target = lambda: store.open_store(output, FLAGS.format, grouped, FLAGS.db_schema)  # noqa: E731
     # A server is checked before the model loads; a file is made only once the model has.
     target = open_target() if kind == "postgresql" else None
-    extractor = Extractor.from_workdir(FLAGS.workdir, FLAGS.num_devices, FLAGS.ensemble)
+    extractor = Extractor.load(model, FLAGS.num_devices, FLAGS.ensemble)
     if target is None:
         target = _Collected() if kind == "html" else open_target()
-    model = ",".join(str(pathlib.Path(d).resolve()) for d in [FLAGS.workdir, *FLAGS.ensemble])
-    identity = streaming.run_identity(extractor, model, input_name, FLAGS.chunk_records,
+    names = ",".join(_name(m) for m in [model, *FLAGS.ensemble])
+    identity = streaming.run_identity(extractor, names, input_name, FLAGS.chunk_records,
                                       FLAGS.lenient)  # fmt: skip
     with store.writing(target):
         if kind != "html":
@@ -212,7 +218,7 @@ def main(argv):
         )  # fmt: skip
         totals = target.totals() if kind in ("duckdb", "postgresql") else None
     if kind == "html":
-        info = review_page.run_info(extractor, FLAGS.workdir, FLAGS.ensemble)
+        info = review_page.run_info(extractor, model, FLAGS.ensemble)
         page = review_page.render(target.extractions, info)
         write_to(output, lambda stream: stream.write(page))
     records = not isinstance(entries, list)  # text inputs are a list of documents
@@ -239,4 +245,4 @@ def _report(summary, totals, blank: int, output: str, records: bool) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    cli.run(main, "extract", required=("workdir", "input", "output"))
+    cli.run(main, "extract", required=("input", "output"))
