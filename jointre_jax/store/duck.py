@@ -55,6 +55,13 @@ class DuckDBStore(SqlStore):
         finally:
             self.connection.unregister("chunk_rows")
 
+    def finish(self, shard: int, num_shards: int, chunks: int) -> None:
+        """:meth:`SqlStore.finish`, then a checkpoint: the file holds every row, with no
+        write-ahead log beside it; a failure (a full disk) is raised now, for
+        :func:`jointre_jax.store.writing` to report, not lost in the closing."""
+        super().finish(shard, num_shards, chunks)
+        self.connection.execute("CHECKPOINT")
+
     @contextlib.contextmanager
     def transaction(self):
         self.connection.begin()
