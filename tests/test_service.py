@@ -78,16 +78,18 @@ def server(model):
     server.stop()
 
 
+def cli_extract(model, source):
+    """What ``jointre extract --model=model --input=source`` writes, parsed."""
+    out = source.with_suffix(".out.jsonl")
+    args = (f"--model={model}", f"--input={source}", f"--output={out}")
+    done = command("jointre_jax.tools.extract", *args)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(x) for x in out.read_text().splitlines()]
+
+
 def test_answers_equal_the_cli_for_texts_and_records(server, model, tmp_path):
     (tmp_path / "criteria.txt").write_text("\n".join(LINES) + "\n")
-    done = command(
-        "jointre_jax.tools.extract",
-        f"--model={model}",
-        f"--input={tmp_path / 'criteria.txt'}",
-        f"--output={tmp_path / 'cli.jsonl'}",
-    )
-    assert done.returncode == 0, done.stderr
-    cli = [json.loads(x) for x in (tmp_path / "cli.jsonl").read_text().splitlines()]
+    cli = cli_extract(model, tmp_path / "criteria.txt")
     answer = server.post({"texts": ["\n".join(LINES) + "\n"], "ids": [cli[0]["doc_id"]]})
     assert answer.status_code == 200
     assert answer.json() == {"criteria": cli, "skipped": []}
@@ -97,14 +99,7 @@ def test_answers_equal_the_cli_for_texts_and_records(server, model, tmp_path):
     with open(RECORDS, encoding="utf-8") as f:
         lines = [next(f) for _ in range(3)]
     (tmp_path / "records.jsonl").write_text("".join(lines))
-    done = command(
-        "jointre_jax.tools.extract",
-        f"--model={model}",
-        f"--input={tmp_path / 'records.jsonl'}",
-        f"--output={tmp_path / 'r.jsonl'}",
-    )
-    assert done.returncode == 0, done.stderr
-    cli = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    cli = cli_extract(model, tmp_path / "records.jsonl")
     answer = server.post({"records": [json.loads(x) for x in lines] + [{"protocolSection": {}}],
                           "lenient": True})  # fmt: skip
     assert answer.status_code == 200
