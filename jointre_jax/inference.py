@@ -88,7 +88,7 @@ class Source:
         if not path.is_dir() and not looks_like_path(self.name):
             path = model_folder.download(self.name)  # a hub id
         self.path = path
-        self.header = model_folder.read_header(path) if model_folder.is_model_folder(path) else None
+        self.header = model_folder.read_header(path)
         if self.header is None:
             self.config = _run_config(path)
         else:
@@ -153,7 +153,8 @@ def load_run(
 ):
     """(config, predictor, encoder) of a trained model, its best parameters restored.
 
-    ``workdir``: a run folder, a model folder or a model's hub id (:class:`Source`). Only the
+    ``workdir``: a run folder, a model folder or a model's hub id, or its :class:`Source`
+    already made. Only the
     parameters are restored (no optimiser state), onto a mesh of ``num_devices``
     devices (None: as the run's config says; 0: all), whatever mesh the run was trained on.
     FSDP is turned off here: inference keeps the parameters replicated. ``overrides``
@@ -163,7 +164,7 @@ def load_run(
     the predictor is then the ensemble of all of them (mean probabilities,
     :func:`jointre_jax.steps.predict_step`); ``workdir``'s config decides everything else.
     """
-    source = Source(workdir)
+    source = workdir if isinstance(workdir, Source) else Source(workdir)
     config = source.config
     apply_overrides(config, overrides or {})
     validation.validate(config)
@@ -181,7 +182,7 @@ def load_run(
     restored = [params]
     for name in members:
         member = Source(name)
-        check_member(config, member.config, workdir, name)
+        check_member(config, member.config, source.name, name)
         restored.append(member.params(template))
     params = tuple(restored) if members else params
     return config, Predictor(config, model, params), encoder

@@ -24,7 +24,7 @@ def _score_rows(metrics: dict | None) -> list[str]:
     if not corpus:
         return ["The run recorded no test scores (it had no test split)."]
     rows = [
-        "| test split, against the corpus gold | precision | recall | F1 |",
+        "| test split, corpus gold, best epoch | precision | recall | F1 |",
         "|---|---:|---:|---:|",
     ]
     for key, name in (("ner", "NER"), ("re_e2e", "RE end-to-end, strict")):

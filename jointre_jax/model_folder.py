@@ -41,12 +41,17 @@ MACHINE_PATHS = ("data.dir", "data.teacher_file", "model.encoder", "compilation_
 HUB_FILES = ["*.json", "*.txt", "*.md", WEIGHTS, f"{ENCODER}/*"]
 
 
-def is_model_folder(path: pathlib.Path) -> bool:
-    """True when ``path`` holds a model folder's header (a run folder's config.json does not)."""
+def _header(path: pathlib.Path) -> dict | None:
+    """``path``'s config.json when it is a model folder's header (a run folder's is not)."""
     try:
-        return json.loads((path / "config.json").read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+        header = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return header if isinstance(header, dict) and header.get("format") == FORMAT else None
+
+
+def is_model_folder(path: pathlib.Path) -> bool:
+    return _header(path) is not None
 
 
 def param_names(params) -> list[str]:
@@ -172,15 +177,12 @@ def download(repo_id: str) -> pathlib.Path:
     return path
 
 
-def read_header(path: pathlib.Path) -> dict:
-    """The header of model folder ``path``, its files checked; UserError naming what is
-    missing or damaged."""
-    if not is_model_folder(path):
-        raise UserError(
-            f"{path} is not a model folder: its config.json is not a jointre_jax model's "
-            "(make one with jointre export --workdir=RUN --out=DIR)"
-        )
-    header = json.loads((path / "config.json").read_text())
+def read_header(path: pathlib.Path) -> dict | None:
+    """The header of model folder ``path``, its files checked (UserError naming what is
+    missing or too new); None when ``path`` is no model folder (a run folder, say)."""
+    header = _header(path)
+    if header is None:
+        return None
     if header.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(
             f"{path} is a model folder of format {header['format_version']}, newer than this "

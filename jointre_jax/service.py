@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse
 
 from jointre_jax.data import trials
 from jointre_jax.data.encode import split_lines
+from jointre_jax.errors import UserError
 from jointre_jax.extraction import Extractor, extract_trials, iter_records
 
 WARM_UP = "Age 18 years or older with type 2 diabetes (HbA1c > 7%)"
@@ -99,20 +100,17 @@ def parse(body: ExtractRequest, limit: int) -> tuple[list, list, list, list[dict
     else:
         if body.ids is not None:
             raise Rejected(400, '"ids" names "texts"; a record is named by its NCT id')
-        size = 0
-        for number, study in enumerate(body.records):
-            nct_id, criteria, problem = trials.study_fields(study)
-            if problem is not None:
-                if not body.lenient:
-                    raise Rejected(
-                        400,
-                        f'records[{number}]: {problem[1]} (send "lenient": '
-                        "true to skip such records)",
-                    )
-                skipped.append({"record": number, "reason": problem[0], "message": problem[1]})
-                continue
-            records.append(trials.TrialRecord(nct_id, criteria, f"records[{number}]"))
-            size += len(trials.split_criteria(criteria))
+        raw = ((f"records[{n}]", *trials.study_fields(s)) for n, s in enumerate(body.records))
+        hint = 'send "lenient": true to skip such records'
+        try:  # the CLI's checks: the study's fields, and each NCT id once
+            for entry in trials.checked(raw, body.lenient, hint):
+                if isinstance(entry, trials.Skip):
+                    skipped.append(dataclasses.asdict(entry))
+                else:
+                    records.append(entry)
+        except UserError as err:
+            raise Rejected(400, str(err)) from None
+        size = sum(len(trials.split_criteria(r.criteria)) for r in records)
     if size > limit:
         raise Rejected(413, f"the request holds {size} criteria; at most {limit} a request")
     return texts, ids, records, skipped, size
@@ -127,13 +125,13 @@ class Service:
         self.queued_criteria = 0
         self.wake = asyncio.Event()
         self.pool = concurrent.futures.ThreadPoolExecutor(1, "extract")  # the model's thread
-        self.counts = collections.Counter()  # requests by status, criteria, batches
+        self.statuses = collections.Counter()  # requests answered, by HTTP status
+        self.counts = collections.Counter()  # criteria answered, batches, requests batched
         self.latencies = collections.deque(maxlen=4096)  # seconds of the last requests
         self.rate = 0.0  # criteria/s of recent batches (Retry-After)
         self.started = time.time()
         self.compile_seconds = 0.0
         self.worker: asyncio.Task | None = None
-        self.busy = False  # a batch is in the model's thread
         self.in_flight = 0  # requests queued or in a batch
 
     def compiled_shapes(self) -> int:
@@ -148,8 +146,10 @@ class Service:
         self.worker = asyncio.create_task(self._work())
 
     async def stop(self) -> None:
-        """Answers what is queued, then stops the worker (uvicorn has stopped accepting)."""
-        while self.queue or self.busy:
+        """Answers what is queued or in a batch, then stops the worker (uvicorn has stopped
+        accepting); the model's thread finishes the batch it may still run for requests that
+        timed out."""
+        while self.in_flight:
             await asyncio.sleep(0.01)
         if self.worker is not None:
             self.worker.cancel()
@@ -209,7 +209,6 @@ class Service:
             if not jobs:
                 continue
             begin = time.perf_counter()
-            self.busy = True
             try:
                 answers = await loop.run_in_executor(self.pool, self._run, jobs)
             except Exception as err:  # a bug: every request of the batch says so
@@ -217,11 +216,9 @@ class Service:
                     if not job.future.done():
                         job.future.set_exception(err)
                 continue
-            finally:
-                self.busy = False
             seconds = time.perf_counter() - begin
-            self.rate = size / max(seconds, 1e-9) if not self.rate else (
-                0.8 * self.rate + 0.2 * size / max(seconds, 1e-9))  # fmt: skip
+            rate = size / max(seconds, 1e-9)
+            self.rate = 0.8 * self.rate + 0.2 * rate if self.rate else rate
             self.counts["batches"] += 1
             self.counts["batched_requests"] += len(jobs)
             for job, answer in zip(jobs, answers, strict=True):
@@ -249,10 +246,8 @@ class Service:
         def quantile(q):
             return round(float(np.percentile(latencies, q)), 1) if latencies.size else None
 
-        requests = {k.removeprefix("status_"): v for k, v in self.counts.items()
-                    if k.startswith("status_")}  # fmt: skip
         return {
-            "requests": requests,
+            "requests": {str(status): n for status, n in sorted(self.statuses.items())},
             "criteria": self.counts["criteria"],
             "batches": self.counts["batches"],
             "batched_requests": self.counts["batched_requests"],
@@ -333,7 +328,7 @@ def create_app(extractor: Extractor, options: Options = Options(), model: str = 
             message = f"the body is not JSON ({first.get('ctx', {}).get('error', 'invalid')})"
         else:
             message = f"{_field(first.get('loc', ()))}: {first.get('msg')}"
-        service.counts["status_400"] += 1
+        service.statuses[400] += 1
         return JSONResponse({"error": message}, 400)
 
     @app.post("/extract")
@@ -343,9 +338,9 @@ def create_app(extractor: Extractor, options: Options = Options(), model: str = 
             texts, ids, records, skipped, size = parse(body, options.max_request_criteria)
             criteria = await service.submit(texts, ids, records, size, body.timeout_s)
         except Rejected as err:
-            service.counts[f"status_{err.status}"] += 1
+            service.statuses[err.status] += 1
             return JSONResponse({"error": err.message}, err.status, headers=err.headers)
-        service.counts["status_200"] += 1
+        service.statuses[200] += 1
         service.counts["criteria"] += len(criteria)
         service.latencies.append(time.perf_counter() - begin)
         return JSONResponse({"criteria": criteria, "skipped": skipped})

@@ -120,12 +120,11 @@ def run_identity(extractor: Extractor, model: str, input_name: str, chunk_record
 
 @dataclasses.dataclass
 class Summary:
-    """What one process did: entries read in its chunks, records extracted, skips by reason,
-    rows written, chunks found committed (resumed), and its seconds of work."""
+    """What one process did: chunks written, chunks found committed (resumed), records
+    extracted, skips by reason, rows written, and its seconds of work."""
 
     chunks: int = 0
     resumed: int = 0
-    entries: int = 0
     records: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     criteria: int = 0
@@ -185,7 +184,6 @@ def extract_into(
             extractions = extract_chunk(extractor, chunk)
             counts = store.write(chunk, extractions, shard, num_shards)
             summary.chunks += 1
-            summary.entries += len(chunk.entries)
             summary.records += len(chunk.records)
             summary.skipped.update(s.reason for s in chunk.skips)
             summary.messages.extend(f"{s.source}: {s.message}" for s in chunk.skips)

@@ -118,8 +118,8 @@ def stdout_stream():
 def write_to(target: str, write) -> None:
     """``write(stream)`` into ``target``: standard output for ``-``, else the file (whose
     folder :func:`jointre_jax.cli.prepare_output` made before the work), written beside as
-    ``.NAME.part`` and renamed into place once whole: a failed write (a full disk) never
-    leaves a truncated file where the output should be."""
+    ``.NAME.part``, flushed to disk and renamed into place once whole: a failed write (a full
+    disk) or a crash never leaves a truncated file where the output should be."""
     if target == "-":
         stream = stdout_stream()
         write(stream)
@@ -131,6 +131,8 @@ def write_to(target: str, write) -> None:
     try:
         with open(part, "w", encoding="utf-8", newline="") as stream:
             write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(part, path)
     finally:
         part.unlink(missing_ok=True)

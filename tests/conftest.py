@@ -32,6 +32,15 @@ CHIA_DIR = pathlib.Path(os.environ.get("JOINTRE_DATA_DIR", SHARED / "data" / "ch
 MINILM_DIR = pathlib.Path(os.environ.get("JOINTRE_ENCODER", SHARED / "models" / "all-MiniLM-L6-v2"))
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (bound, then closed again)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def default_optimisation_env(**extra: str) -> dict[str, str]:
     """``os.environ`` plus ``extra`` for a subprocess that mostly runs steps rather than
     compiling: the suite's XLA flags less the one that turns optimisation off."""

@@ -15,9 +15,10 @@ import os
 import pathlib
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
+
+from tests.conftest import free_port
 
 USER, PASSWORD = "jointre", "test-password"
 
@@ -54,12 +55,6 @@ def _bindir() -> pathlib.Path:
                       "postgresql package as root with apt")  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start() -> Server:
     bindir = _bindir()
     folder = pathlib.Path(tempfile.mkdtemp(prefix="jointre-postgres-"))
@@ -84,7 +79,7 @@ def start() -> Server:
     )  # fmt: skip
     if done.returncode != 0:
         raise Unavailable(f"initdb failed: {done.stderr.strip()[-300:]}")
-    port = _free_port()
+    port = free_port()
     options = f"-p {port} -h 127.0.0.1 -k {folder} -c fsync=off"
     done = subprocess.run(
         [*run_as, str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data),

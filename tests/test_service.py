@@ -6,7 +6,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,19 +13,13 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import REPO, SHARED
+from tests.conftest import REPO, SHARED, free_port
 from tests.test_model_folder import command, export
 from tests.test_train import train_tiny
 
 RECORDS = SHARED / "data" / "ctgov" / "records.jsonl"
 LINES = ["Patients with type 2 diabetes", "HbA1c > 7 %", "no history of heart failure or stroke",
          "women aged 18 years and older", "pregnant women", "breast or lung cancer"]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Server:
@@ -124,6 +117,14 @@ def test_concurrent_requests_are_batched_into_one_compiled_shape(server):
     assert after["latency_ms"]["p99"] >= after["latency_ms"]["p50"] > 0
 
 
+STUDY = {
+    "protocolSection": {
+        "identificationModule": {"nctId": "NCT00000001"},
+        "eligibilityModule": {"eligibilityCriteria": "Age 18 or older"},
+    }
+}
+
+
 def test_bad_json_is_400_naming_the_field_and_a_large_body_413(server):
     cases = [
         (b'{"texts": ', "not JSON"),
@@ -132,6 +133,10 @@ def test_bad_json_is_400_naming_the_field_and_a_large_body_413(server):
         (json.dumps({"texts": ["a"], "records": []}).encode(), "one of them"),
         (json.dumps({"texts": ["a", "b"], "ids": ["x"]}).encode(), '"ids" has 1'),
         (json.dumps({"records": [{"protocolSection": {}}]}).encode(), "records[0]"),
+        (
+            json.dumps({"records": [STUDY, STUDY]}).encode(),
+            "NCT00000001 already read at records[0]",
+        ),
     ]
     for body, field in cases:
         answer = httpx.post(f"{server.url}/extract", content=body, timeout=30,

@@ -25,7 +25,7 @@ from jointre_jax.errors import UserError
 from jointre_jax.extraction import Criterion, DocumentExtraction, Entity, Extractor, Relation
 from jointre_jax.store import duck, postgres, schema
 from jointre_jax.store.files import FileStore
-from tests.conftest import REPO, SHARED
+from tests.conftest import REPO, SHARED, free_port
 from tests.test_train import train_tiny
 
 RECORDS = SHARED / "data" / "ctgov" / "records.jsonl"
@@ -271,7 +271,7 @@ def test_unreachable_server_wrong_password_missing_table_are_one_line(postgres_s
     records = tmp_path / "r.json"
     records.write_text(json.dumps({"protocolSection": {"identificationModule": {"nctId": "N1"},
                        "eligibilityModule": {"eligibilityCriteria": "* adults"}}}))  # fmt: skip
-    closed = f"postgresql://jointre:x@127.0.0.1:{_closed_port()}/postgres"
+    closed = f"postgresql://jointre:x@127.0.0.1:{free_port()}/postgres"
     for args, message in [
         ((f"--input={records}", f"--output={closed}"), "cannot connect: connection failed"),
         ((f"--input={records}", f"--output={postgres_server.url(password='wrong')}"),
@@ -283,14 +283,6 @@ def test_unreachable_server_wrong_password_missing_table_are_one_line(postgres_s
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
         assert "wrong" not in lines[0] and "test-password" not in lines[0]
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again on return: nothing listens there
 
 
 @needs_records

@@ -233,10 +233,10 @@ def iter_entries(source: str | pathlib.Path, fmt: str = "auto", lenient: bool = 
     yield from checked((entry for file in files for entry in read(file)), lenient)
 
 
-def checked(entries, lenient: bool):
+def checked(entries, lenient: bool, hint: str = "--lenient skips and counts such records"):
     """:class:`TrialRecord` or :class:`Skip` of each raw (where, nct_id, criteria, problem)
     entry of a reader; an NCT id seen before is a ``duplicate_nct_id``. Without ``lenient``
-    the first problem raises a UserError naming where it is."""
+    the first problem raises a UserError naming where it is (and ``hint``)."""
     seen: dict[str, str] = {}
     for where, nct_id, criteria, problem in entries:
         if problem is None and nct_id in seen:
@@ -244,7 +244,7 @@ def checked(entries, lenient: bool):
         if problem is not None:
             reason, message = problem
             if not lenient:
-                raise UserError(f"{where}: {message} (--lenient skips and counts such records)")
+                raise UserError(f"{where}: {message} ({hint})")
             yield Skip(where, reason, message)
             continue
         seen[nct_id] = where

@@ -19,9 +19,14 @@ import pathlib
 from jointre_jax.errors import UserError
 
 
+def is_url(target: str) -> bool:
+    """True when ``target`` (an --input or --output) names a PostgreSQL database."""
+    return target.startswith(("postgresql://", "postgres://"))
+
+
 def output_kind(output: str, fmt: str) -> str:
     """ "postgresql", "duckdb", or the file format ``fmt``."""
-    if output.startswith(("postgresql://", "postgres://")):
+    if is_url(output):
         return "postgresql"
     if output.endswith(".duckdb"):
         return "duckdb"
@@ -74,7 +79,8 @@ def writing(store):
         yield
     except errors as err:
         reason = getattr(err, "strerror", None) or " ".join(str(err).split())[:300]
-        done = (f"{len(store.committed())} chunks are committed" if _readable(store)
+        committed = _committed(store)
+        done = (f"{committed} chunks are committed" if committed is not None
                 else "the chunks committed so far are kept")  # fmt: skip
         raise UserError(
             f"--output={store.name}: writing failed ({reason}); {done}. "
@@ -85,9 +91,9 @@ def writing(store):
         store.close()
 
 
-def _readable(store) -> bool:
+def _committed(store) -> int | None:
+    """How many chunks ``store`` holds, None when it cannot tell (it may be what failed)."""
     try:
-        store.committed()
-        return True
+        return len(store.committed())
     except Exception:  # noqa: BLE001 - the store may be the thing that failed
-        return False
+        return None

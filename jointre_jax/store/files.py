@@ -4,7 +4,8 @@ at a time, resumable, and never half-written where the finished output should be
 While a job runs, its output grows hidden beside the target (``.NAME.part``, a folder for
 BRAT) with a journal (``.NAME.journal.json``: the run's identity, each committed chunk's input
 digest and the byte length of each part file after it). A chunk is committed when its bytes
-are on disk (fsync) and the journal says so (written to a temporary file and renamed). A rerun
+are on disk (fsync) and the journal says so (:func:`jointre_jax.writers.write_to`: written
+beside, fsynced and renamed). A rerun
 of the same command cuts the part files back to the last committed chunk and goes on; when
 every chunk is in, the parts are renamed into place and the journal removed. A partial output
 of another run is refused by name. Standard output (``-``) is written straight through.
@@ -29,21 +30,12 @@ def _hidden(path: pathlib.Path, suffix: str) -> pathlib.Path:
     return path.with_name(f".{path.name}.{suffix}")
 
 
-def _write_atomically(path: pathlib.Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-
-
 class FileStore:
     """``outputs``: {role: (path or "-", format)}; role ``main`` (jsonl, csv or brat) and
     optionally ``grouped`` (the grouped view, JSON lines). The journal is the main output's."""
 
     def __init__(self, outputs: dict[str, tuple[str, str]]):
-        self.outputs = {role: (target, fmt) for role, (target, fmt) in outputs.items()}
+        self.outputs = dict(outputs)
         main, _ = self.outputs["main"]
         self.name = main
         self.streaming = main == "-"
@@ -113,8 +105,7 @@ class FileStore:
             else:
                 writers.write_jsonl(extractions, self.streams[role])
         self._commit(chunk)
-        rows = schema.rows(extractions, chunk.index)
-        return {table: len(rows[table]) for table in ("criteria", "entities", "relations")}
+        return schema.counts(extractions)
 
     def _commit(self, chunk) -> None:
         for role, stream in self.streams.items():
@@ -125,7 +116,8 @@ class FileStore:
         if chunk is not None:
             self.journal["chunks"][str(chunk.index)] = chunk.digest
         if self.journal_path is not None:
-            _write_atomically(self.journal_path, json.dumps(self.journal))
+            text = json.dumps(self.journal)
+            writers.write_to(str(self.journal_path), lambda stream: stream.write(text))
 
     def finish(self, shard: int, num_shards: int, chunks: int) -> None:
         """Every chunk is in: the parts take the outputs' places, the journal goes."""

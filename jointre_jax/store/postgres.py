@@ -23,10 +23,6 @@ DEFAULT_TABLE = "ctgov.eligibilities"
 ITERSIZE = 2000  # rows a server-side cursor fetches at a time
 
 
-def is_url(target: str) -> bool:
-    return target.startswith(("postgresql://", "postgres://"))
-
-
 def redacted(url: str) -> str:
     """``url`` without its password (for messages and the run's identity)."""
     parts = urllib.parse.urlsplit(url)

@@ -163,6 +163,16 @@ class RunIdentity:
         return out
 
 
+def counts(extractions) -> dict[str, int]:
+    """How many ``criteria``, ``entities`` and ``relations`` rows :func:`rows` gives."""
+    criteria = [c for extraction in extractions for c in extraction.criteria]
+    return {
+        "criteria": len(criteria),
+        "entities": sum(len(c.entities) for c in criteria),
+        "relations": sum(len(c.relations) for c in criteria),
+    }
+
+
 def rows(extractions, chunk: int) -> dict[str, list[tuple]]:
     """The ``criteria``, ``entities`` and ``relations`` rows of a chunk's extractions
     (:class:`~jointre_jax.extraction.DocumentExtraction`), in text order."""

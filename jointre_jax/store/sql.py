@@ -69,7 +69,7 @@ class SqlStore:
         transaction: after a crash, a chunk is all there or not at all. Returns its counts."""
         rows = schema.rows(extractions, chunk.index)
         rows["skipped"] = [(chunk.index, s.source, s.reason, s.message) for s in chunk.skips]
-        counts = {table: len(rows[table]) for table in ("criteria", "entities", "relations")}
+        counts = schema.counts(extractions)
         with self.transaction():
             for table, table_rows in rows.items():
                 if table_rows:

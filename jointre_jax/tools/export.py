@@ -58,7 +58,7 @@ def main(argv):
     partial = out.parent / f".{out.name}.part"
     cli.prepare_output(str(partial), "out", folder=True)
     source = Source(FLAGS.workdir)
-    config, predictor, encoder = load_run(FLAGS.workdir, num_devices=1)
+    config, predictor, encoder = load_run(source, num_devices=1)
     if source.header is not None:
         origin = {k: source.header[k] for k in ("encoder", "data")}
     else:

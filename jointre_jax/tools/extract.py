@@ -129,8 +129,7 @@ class _Collected:
 
     def write(self, chunk, extractions, shard, num_shards):
         self.extractions.extend(extractions)
-        rows = store.schema.rows(extractions, chunk.index)
-        return {t: len(rows[t]) for t in ("criteria", "entities", "relations")}
+        return store.schema.counts(extractions)
 
     def finish(self, *_):
         pass
@@ -149,7 +148,7 @@ def _entries():
     """(entries, total or None, input name, blank lines) of ``--input``; bad paths, formats,
     servers and tables stop here, before any work."""
     source = FLAGS.input
-    if postgres.is_url(source):
+    if store.is_url(source):
         table = postgres.Eligibilities(source, FLAGS.input_table)
         return table.entries(FLAGS.lenient), table.count(), table.name, 0
     fmt = FLAGS.input_format

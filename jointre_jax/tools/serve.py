@@ -98,18 +98,17 @@ def main(argv):
     api = service.create_app(extractor, options, model)
     config = uvicorn.Config(api, host=FLAGS.host, port=FLAGS.port, log_level="warning",
                             timeout_graceful_shutdown=None)  # fmt: skip
-    server = uvicorn.Server(config)
-    ready = server.startup
 
-    async def startup(*args, **kwargs):  # after the lifespan's compile, once the port is open
-        await ready(*args, **kwargs)
-        if server.started:
-            shapes = api.state.service.compiled_shapes()
-            print(f"serve: ready on http://{FLAGS.host}:{FLAGS.port} ({model}; {shapes} shape "
-                  f"compiled in {api.state.service.compile_seconds:.1f} s)", file=sys.stderr,
-                  flush=True)  # fmt: skip
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):  # after the lifespan's compile: the port opens
+            await super().startup(sockets)
+            if self.started:
+                shapes = api.state.service.compiled_shapes()
+                print(f"serve: ready on http://{FLAGS.host}:{FLAGS.port} ({model}; {shapes} "
+                      f"shape compiled in {api.state.service.compile_seconds:.1f} s)",
+                      file=sys.stderr, flush=True)  # fmt: skip
 
-    server.startup = startup
+    server = Server(config)
     # uvicorn catches SIGTERM and SIGINT, shuts down gracefully, then raises the signal again
     # for the handler it found: this one, which ends the program as the house does (143, 130).
     stopped = []
